@@ -1,0 +1,178 @@
+"""Cost accounting: every forward token of every model, and the reports built from them.
+
+Counting convention (the same in the live decoder, the trace backend and replay). Positions are
+counted among generated tokens: computing the distribution of generated position ``t`` with model
+``m`` needs the model to have consumed inputs ``0..t`` (input 0 is the prompt's last token).
+The last of those is the *step* forward; any earlier ones the model missed while idle are its
+*catch-up*, done in one pass. A retried token's discarded forward is *wasted* (and still paid).
+The prompt's other tokens are *prefill*, reported apart (the EAD paper counts generated tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ead_sdk.errors import EadError
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Cost of one forward token for each model, smallest first.
+
+    Attributes:
+        costs: per-model cost of one forward token (parameter count by default, as in the EAD
+            paper, or measured seconds per token).
+        unit: ``"params"`` or ``"seconds"``.
+        names: optional model names, for reports.
+    """
+
+    costs: tuple[float, ...]
+    unit: str = "params"
+    names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        costs = tuple(float(c) for c in self.costs)
+        if not costs or any(not np.isfinite(c) or c <= 0 for c in costs):
+            raise EadError(f"model costs must be positive and finite, got {self.costs!r}")
+        if self.names is not None and len(self.names) != len(costs):
+            raise EadError(f"{len(self.names)} model names for {len(costs)} model costs")
+        object.__setattr__(self, "costs", costs)
+
+    @classmethod
+    def from_param_counts(cls, counts: Sequence[float], names: Sequence[str] | None = None) -> CostModel:
+        """Cost proportional to parameter count (the EAD paper's measure)."""
+        return cls(tuple(counts), "params", tuple(names) if names else None)
+
+    @classmethod
+    def from_seconds_per_token(cls, seconds: Sequence[float], names: Sequence[str] | None = None) -> CostModel:
+        """Cost as measured wall-clock seconds per forward token."""
+        return cls(tuple(seconds), "seconds", tuple(names) if names else None)
+
+    @property
+    def num_models(self) -> int:
+        return len(self.costs)
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What a set of lanes cost, summed over them.
+
+    ``large_share`` is the share of emitted tokens from the largest model; ``cost_ratio`` is the
+    cost of every forward (catch-up and wasted ones included) divided by the cost of the largest
+    model alone emitting the same tokens; ``switches`` counts changes of emitting model.
+    """
+
+    tokens: int
+    emitted: tuple[int, ...]
+    forwards: tuple[int, ...]
+    catchup: tuple[int, ...]
+    wasted: tuple[int, ...]
+    prefill: tuple[int, ...]
+    switches: int
+    large_share: float
+    cost: float
+    cost_ratio: float
+    unit: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CostLedger:
+    """Per-lane forward counts for ``n`` lanes and ``num_models`` models (host numpy arrays)."""
+
+    def __init__(self, n: int, num_models: int, prompt_lengths: Sequence[int] | np.ndarray | None = None):
+        self.n, self.num_models = n, num_models
+        shape = (n, num_models)
+        self.consumed = np.zeros(shape, np.int64)
+        self.steps = np.zeros(shape, np.int64)
+        self.catchup = np.zeros(shape, np.int64)
+        self.wasted = np.zeros(shape, np.int64)
+        self.emitted = np.zeros(shape, np.int64)
+        self.prefill = np.zeros(shape, np.int64)
+        self.used = np.zeros(shape, bool)
+        self.switches = np.zeros(n, np.int64)
+        self.last = np.full(n, -1, np.int64)
+        p = np.ones(n, np.int64) if prompt_lengths is None else np.asarray(prompt_lengths, np.int64)
+        self.prompt_lengths = p
+
+    def compute(self, lanes: np.ndarray, models: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Record that ``models[i]`` computed generated position ``position[i]`` for ``lanes[i]``.
+
+        Returns the catch-up token count of each (0 when the model was up to date).
+        """
+        lanes = np.asarray(lanes, np.int64)
+        models = np.asarray(models, np.int64)
+        position = np.asarray(position, np.int64)
+        behind = position - self.consumed[lanes, models]
+        if np.any(behind < 0):
+            raise EadError("a model was asked to compute a position it has already passed")
+        first = ~self.used[lanes, models]
+        self.prefill[lanes[first], models[first]] += np.maximum(self.prompt_lengths[lanes[first]] - 1, 0)
+        self.used[lanes, models] = True
+        self.catchup[lanes, models] += behind
+        self.steps[lanes, models] += 1
+        self.consumed[lanes, models] = position + 1
+        return behind
+
+    def waste(self, lanes: np.ndarray, models: np.ndarray) -> None:
+        """Mark the step forward of ``models`` on ``lanes`` as discarded (a retried token)."""
+        self.wasted[np.asarray(lanes, np.int64), np.asarray(models, np.int64)] += 1
+
+    def emit(self, lanes: np.ndarray, models: np.ndarray) -> None:
+        """Record that ``models[i]`` emitted the next token of ``lanes[i]``."""
+        lanes = np.asarray(lanes, np.int64)
+        models = np.asarray(models, np.int64)
+        prev = self.last[lanes]
+        self.switches[lanes] += (prev >= 0) & (prev != models)
+        self.last[lanes] = models
+        self.emitted[lanes, models] += 1
+
+    # -- reports --------------------------------------------------------------------------
+    def _check(self, cost_model: CostModel) -> np.ndarray:
+        if cost_model.num_models != self.num_models:
+            raise EadError(f"cost model has {cost_model.num_models} models, ledger has {self.num_models}")
+        return np.asarray(cost_model.costs)
+
+    def per_lane(self, cost_model: CostModel) -> dict[str, np.ndarray]:
+        """Per-lane ``tokens``, ``large_share``, ``cost``, ``cost_ratio`` and ``switches``."""
+        costs = self._check(cost_model)
+        tokens = self.emitted.sum(1)
+        forwards = self.steps + self.catchup
+        cost = (forwards * costs).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            large_share = np.where(tokens > 0, self.emitted[:, -1] / np.maximum(tokens, 1), 0.0)
+            cost_ratio = np.where(tokens > 0, cost / (costs[-1] * np.maximum(tokens, 1)), 0.0)
+        return {
+            "tokens": tokens,
+            "large_share": large_share,
+            "cost": cost,
+            "cost_ratio": cost_ratio,
+            "switches": self.switches.copy(),
+        }
+
+    def report(self, cost_model: CostModel, lanes: np.ndarray | None = None) -> CostReport:
+        """The summed `CostReport` of ``lanes`` (all lanes by default)."""
+        costs = self._check(cost_model)
+        sel = slice(None) if lanes is None else np.asarray(lanes)
+        emitted = self.emitted[sel].sum(0)
+        forwards = (self.steps[sel] + self.catchup[sel]).sum(0)
+        tokens = int(emitted.sum())
+        cost = float((forwards * costs).sum())
+        return CostReport(
+            tokens=tokens,
+            emitted=tuple(int(v) for v in emitted),
+            forwards=tuple(int(v) for v in forwards),
+            catchup=tuple(int(v) for v in self.catchup[sel].sum(0)),
+            wasted=tuple(int(v) for v in self.wasted[sel].sum(0)),
+            prefill=tuple(int(v) for v in self.prefill[sel].sum(0)),
+            switches=int(self.switches[sel].sum()),
+            large_share=float(emitted[-1] / tokens) if tokens else 0.0,
+            cost=cost,
+            cost_ratio=cost / (costs[-1] * tokens) if tokens else 0.0,
+            unit=cost_model.unit,
+        )

@@ -1,0 +1,102 @@
+"""Policy specs: JSON in, policy out, through the plugin registry. A spec never runs code."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ead_sdk.errors import ParameterError, SpecError, SpecVersionError
+from ead_sdk.interface import Policy
+from ead_sdk.registry import PolicyRegistry, default_registry
+
+SPEC_KEYS = ("policy", "version", "params", "escalation", "initial_model")
+
+
+def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
+    if isinstance(spec_or_path, Mapping):
+        return dict(spec_or_path)
+    text = os.fspath(spec_or_path)
+    if text.lstrip().startswith("{"):
+        source, raw = "<string>", text
+    elif os.path.exists(text):
+        source, raw = text, Path(text).read_text(encoding="utf-8")
+    elif text.endswith(".json"):
+        raise SpecError(f"policy spec file {text!r} does not exist")
+    else:  # a bare policy name: its defaults
+        return {"policy": text}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"policy spec {source!r} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"policy spec {source!r} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, Mapping) and set(value) == {"per_lane"}:
+        return np.asarray(value["per_lane"])
+    return value
+
+
+def load_policy(
+    spec_or_path: Mapping[str, Any] | str | os.PathLike[str], registry: PolicyRegistry | None = None
+) -> Policy:
+    """Build a policy from its spec: a dict, a JSON string, a JSON file, or a bare policy name.
+
+    Raises:
+        UnknownPolicyError: no installed plugin provides the named policy.
+        ParameterError: an unknown, missing, mistyped or out-of-range parameter.
+        SpecVersionError: a spec version the installed plugin cannot read.
+        SpecError: anything else malformed.
+    """
+    spec = _read(spec_or_path)
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise SpecError(f"policy spec has unknown key(s) {unknown}; allowed: {list(SPEC_KEYS)}")
+    name = spec.get("policy")
+    if not isinstance(name, str):
+        raise SpecError(f"policy spec needs a 'policy' name (a string), got {name!r}")
+    info = (registry or default_registry()).get(name)
+    cls = info.cls
+    version = spec.get("version", cls.version)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SpecVersionError(f"policy {name!r}: spec version must be an integer >= 1, got {version!r}")
+    if version > cls.version:
+        raise SpecVersionError(
+            f"policy {name!r}: spec version {version} is newer than the installed plugin "
+            f"({info.distribution} {info.distribution_version or ''}) reads (version {cls.version}); upgrade it"
+        )
+    params = spec.get("params", {})
+    if not isinstance(params, Mapping):
+        raise ParameterError(f"policy {name!r}: 'params' must be an object, got {type(params).__name__}")
+    params = {k: _from_json(v) for k, v in params.items()}
+    if version != cls.version:
+        params = cls.upgrade_params(version, dict(params))
+    return cls(
+        escalation=spec.get("escalation", "next"),
+        initial_model=spec.get("initial_model", 0),
+        **params,
+    )
+
+
+def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:
+    """Write ``policy.spec()`` as JSON, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(policy.spec(), fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

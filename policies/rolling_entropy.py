@@ -1,0 +1,99 @@
+"""``rolling_entropy``: the rule of Entropy Adaptive Decoding (EAD, arXiv 2502.06833)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ead_sdk.arrays import as_namespace, default_float, namespace
+from ead_sdk.hookspecs import hookimpl
+from ead_sdk.interface import Policy, Routes, State, Step
+from ead_sdk.params import Param, is_lane_array
+from ead_sdk.signals import to_nats
+from ead_sdk.state import mask_state
+
+
+class RollingEntropyPolicy(Policy):
+    """EAD's rule: the mean entropy of the last ``window`` tokens picks the model.
+
+    The mean of the entropies of the last ``window`` emitted tokens (whichever model produced
+    each; fewer at the start of a sequence) is compared with ``threshold``: above it the next
+    token goes to the large model, at or below it to the small one. With a list of increasing
+    thresholds over a ladder of models, the route is the number of thresholds exceeded. While
+    the current model has produced fewer than ``min_dwell`` tokens, it is kept.
+
+    The window holds the entropies the policy was shown: after a ``"retry"`` escalation that is
+    the smaller model's entropy of the retried position.
+    """
+
+    name = "rolling_entropy"
+    version = 1
+    max_models = None
+    parameters = (
+        Param("window", "int", default=5, low=1, doc="tokens averaged (fewer at the start)"),
+        Param(
+            "threshold",
+            "float",
+            default=1.0,
+            low=0.0,
+            ladder=True,
+            doc="mean entropy above which the larger model emits (in `unit`); a list for a ladder",
+        ),
+        Param("min_dwell", "int", default=0, low=0, doc="tokens the current model emits before any switch"),
+        Param("unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `threshold`"),
+    )
+
+    def num_rungs(self) -> int:
+        t = self.params["threshold"]
+        if isinstance(t, list):
+            return len(t) + 1
+        if is_lane_array(t) and t.ndim == 2:
+            return int(t.shape[1]) + 1
+        return 2
+
+    def init_state(self, n: int, xp: Any, device: Any = None) -> State:
+        xp = as_namespace(xp)
+        p = self.lane_params(n, xp, device)
+        window = self.params["window"]
+        wmax = int(window.max()) if is_lane_array(window) else int(window)
+        threshold = p["threshold"]
+        if threshold.ndim == 1:
+            threshold = threshold[:, None]
+        fdt = default_float(xp)
+        kw = {"device": device} if device is not None else {}
+        return {
+            "window": p["window"],
+            "min_dwell": p["min_dwell"],
+            "threshold": to_nats(threshold, self.params["unit"]),
+            "history": xp.zeros((n, wmax), dtype=fdt, **kw),
+            "count": xp.zeros((n,), dtype=xp.int64, **kw),
+            "current": xp.full((n,), self.initial_model, dtype=xp.int64, **kw),
+            "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
+        }
+
+    def decide(self, state: State, step: Step) -> tuple[Routes, State]:
+        xp = namespace(state["history"])
+        history = state["history"]
+        wmax = history.shape[1]
+        e = xp.astype(step.entropy, history.dtype)
+        count = state["count"]
+        slot = xp.arange(wmax, device=history.device)[None, :]
+        ptr = count % wmax
+        history = xp.where(slot == ptr[:, None], e[:, None], history)
+        count = count + 1
+        # Slots younger than min(window, count) hold the tokens in the window.
+        age = (ptr[:, None] - slot) % wmax
+        k = xp.minimum(state["window"], count)
+        inside = age < k[:, None]
+        mean = xp.sum(xp.where(inside, history, xp.zeros_like(history)), axis=1) / xp.astype(k, history.dtype)
+        target = xp.sum(xp.astype(mean[:, None] > state["threshold"], xp.int64), axis=1)
+
+        model = xp.astype(step.model, xp.int64)
+        dwell = xp.where(model == state["current"], state["dwell"] + 1, xp.ones_like(state["dwell"]))
+        routes = xp.where(dwell < state["min_dwell"], model, target)
+        new = dict(state, history=history, count=count, current=model, dwell=dwell)
+        return xp.where(step.live, routes, model), mask_state(step.live, new, state)
+
+
+@hookimpl
+def register_policies(register):
+    register(RollingEntropyPolicy)
