@@ -99,7 +99,7 @@ class Policy(ABC):
         """The validated parameter values (read-only)."""
         return MappingProxyType(self._params)
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Check relations between parameters (e.g. ``upper > lower``); raise `ParameterError`."""
 
     def num_rungs(self) -> int | None:

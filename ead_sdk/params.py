@@ -98,12 +98,12 @@ class Param:
             bad = values <= lo if self.low_open else values < lo
             if np.any(bad):
                 op = ">" if self.low_open else ">="
-                raise self._fail(policy, f"must be {op} {lo}, got {values[bad].ravel()[0]!r}")
+                raise self._fail(policy, f"must be {op} {lo}, got {values[bad].ravel()[0].item()!r}")
         if hi is not None:
             bad = values >= hi if self.high_open else values > hi
             if np.any(bad):
                 op = "<" if self.high_open else "<="
-                raise self._fail(policy, f"must be {op} {hi}, got {values[bad].ravel()[0]!r}")
+                raise self._fail(policy, f"must be {op} {hi}, got {values[bad].ravel()[0].item()!r}")
 
     def _scalar(self, policy: str, value: Any) -> Any:
         kind = self.kind
@@ -148,12 +148,14 @@ class Param:
             host = to_numpy(value)
             expect = 2 if self.ladder and host.ndim == 2 else 1
             if host.ndim != expect:
-                raise self._fail(policy, f"per-lane array must have shape (lanes,) or (lanes, rungs), got {host.shape}")
+                shape = "(lanes,) or (lanes, rungs)" if self.ladder else "(lanes,)"
+                raise self._fail(policy, f"per-lane array must have shape {shape}, got {host.shape}")
             if self.kind == "bool" and host.dtype != np.bool_:
                 raise self._fail(policy, f"per-lane array must be boolean, got {host.dtype}")
             if self.kind == "int" and not np.issubdtype(host.dtype, np.integer):
                 raise self._fail(policy, f"per-lane array must hold integers, got {host.dtype}")
-            if self.kind == "float" and not (np.issubdtype(host.dtype, np.floating) or np.issubdtype(host.dtype, np.integer)):
+            numeric = np.issubdtype(host.dtype, np.floating) or np.issubdtype(host.dtype, np.integer)
+            if self.kind == "float" and not numeric:
                 raise self._fail(policy, f"per-lane array must be numeric, got {host.dtype}")
             if self.kind != "bool":
                 self._check_range(policy, host)
@@ -174,7 +176,8 @@ class Param:
 def _check_increasing(param: Param, policy: str, rows: np.ndarray) -> None:
     if rows.shape[-1] > 1 and np.any(np.diff(rows, axis=-1) <= 0):
         raise ParameterError(
-            f"policy {policy!r}: parameter {param.name!r} must be strictly increasing along the ladder, got {rows.tolist()!r}"
+            f"policy {policy!r}: parameter {param.name!r} must be strictly increasing along the ladder, "
+            f"got {rows.tolist()!r}"
         )
 
 
@@ -205,10 +208,14 @@ def lane_value(value: Any, n: int, xp: Any, *, kind: Kind, device: Any = None, n
             raise ParameterError(f"per-lane parameter {name!r} has {value.shape[0]} values for {n} lanes")
         if not (is_torch(value) and "torch" in xp.__name__):
             value = to_numpy(value)
-        return xp.asarray(value, dtype=dtype, device=device) if device is not None else xp.asarray(value, dtype=dtype)
+        return _asarray(xp, value, dtype, device)
     host = np.asarray(value)
     host = np.ascontiguousarray(np.broadcast_to(host, (n, *host.shape)))
-    return xp.asarray(host, dtype=dtype, device=device) if device is not None else xp.asarray(host, dtype=dtype)
+    return _asarray(xp, host, dtype, device)
+
+
+def _asarray(xp: Any, value: Any, dtype: Any, device: Any) -> Array:
+    return xp.asarray(value, dtype=dtype) if device is None else xp.asarray(value, dtype=dtype, device=device)
 
 
 def json_value(value: Any) -> Any:

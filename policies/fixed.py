@@ -42,4 +42,5 @@ class FixedPolicy(Policy):
 
 @hookimpl
 def register_policies(register):
+    """Provide this module's policy (entry point of the ead_sdk group)."""
     register(FixedPolicy)

@@ -96,4 +96,5 @@ class RollingEntropyPolicy(Policy):
 
 @hookimpl
 def register_policies(register):
+    """Provide this module's policy (entry point of the ead_sdk group)."""
     register(RollingEntropyPolicy)

@@ -1,0 +1,108 @@
+"""The cost ledger against an independent, closed-form reference of the counting convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ead_sdk import CostLedger, CostModel, EadError
+
+# One lane's history: for each generated position, the models that computed it, in order
+# (one model, or a smaller then a larger one when a retry escalated); the last one emitted.
+position = st.one_of(
+    st.integers(0, 2).map(lambda m: (m,)),
+    st.tuples(st.integers(0, 1), st.integers(1, 2)).filter(lambda p: p[1] > p[0]),
+)
+lane_history = st.lists(position, min_size=1, max_size=30)
+
+
+def reference(history, prompt_len, num_models=3):
+    """Closed form: a model that last computed position t consumed t + 1 inputs in all."""
+    computed = {m: [t for t, ms in enumerate(history) if m in ms] for m in range(num_models)}
+    steps = [len(computed[m]) for m in range(num_models)]
+    consumed = [(max(computed[m]) + 1) if computed[m] else 0 for m in range(num_models)]
+    emitted_by = [ms[-1] for ms in history]
+    return {
+        "steps": steps,
+        "catchup": [consumed[m] - steps[m] for m in range(num_models)],
+        "wasted": [sum(1 for ms in history if m in ms[:-1]) for m in range(num_models)],
+        "emitted": [emitted_by.count(m) for m in range(num_models)],
+        "prefill": [prompt_len - 1 if computed[m] else 0 for m in range(num_models)],
+        "switches": sum(a != b for a, b in zip(emitted_by, emitted_by[1:], strict=False)),
+    }
+
+
+@given(st.lists(lane_history, min_size=1, max_size=5), st.data())
+def test_ledger_matches_closed_form(histories, data):
+    """Vectorised ledger counts == the closed-form reference, lane by lane."""
+    n = len(histories)
+    prompts = np.asarray(data.draw(st.lists(st.integers(1, 20), min_size=n, max_size=n)))
+    ledger = CostLedger(n, 3, prompts)
+    for t in range(max(len(h) for h in histories)):
+        lanes = [i for i, h in enumerate(histories) if t < len(h)]
+        first = np.asarray([histories[i][t][0] for i in lanes])
+        ledger.compute(np.asarray(lanes), first, np.full(len(lanes), t))
+        retry = [(i, histories[i][t]) for i in lanes if len(histories[i][t]) == 2]
+        if retry:
+            rl = np.asarray([i for i, _ in retry])
+            ledger.waste(rl, np.asarray([ms[0] for _, ms in retry]))
+            ledger.compute(rl, np.asarray([ms[1] for _, ms in retry]), np.full(len(retry), t))
+        ledger.emit(np.asarray(lanes), np.asarray([histories[i][t][-1] for i in lanes]))
+    for i, h in enumerate(histories):
+        ref = reference(h, int(prompts[i]))
+        assert ledger.steps[i].tolist() == ref["steps"]
+        assert ledger.catchup[i].tolist() == ref["catchup"]
+        assert ledger.wasted[i].tolist() == ref["wasted"]
+        assert ledger.emitted[i].tolist() == ref["emitted"]
+        assert ledger.prefill[i].tolist() == ref["prefill"]
+        assert int(ledger.switches[i]) == ref["switches"]
+    costs = CostModel.from_param_counts([1, 4, 10])
+    report = ledger.report(costs)
+    per_lane = ledger.per_lane(costs)
+    assert report.tokens == sum(len(h) for h in histories) == int(per_lane["tokens"].sum())
+    assert report.cost == pytest.approx(float(per_lane["cost"].sum()))
+    forwards = ledger.steps.sum(0) + ledger.catchup.sum(0)
+    assert report.cost_ratio == pytest.approx(float((forwards * [1, 4, 10]).sum() / (10 * report.tokens)))
+    assert report.large_share == pytest.approx(ledger.emitted[:, 2].sum() / report.tokens)
+
+
+@pytest.mark.parametrize("model, ratio", [(1, 1.0), (0, 0.1)])
+def test_single_model_runs(model, ratio):
+    ledger = CostLedger(2, 2, [5, 3])
+    for t in range(8):
+        ledger.compute(np.arange(2), np.full(2, model), np.full(2, t))
+        ledger.emit(np.arange(2), np.full(2, model))
+    report = ledger.report(CostModel.from_param_counts([1, 10]))
+    assert report.cost_ratio == pytest.approx(ratio)
+    assert report.switches == 0 and report.catchup == (0, 0)
+    assert report.prefill[model] == 4 + 2
+    assert report.large_share == (1.0 if model == 1 else 0.0)
+
+
+def test_catch_up_after_idle_is_one_count_per_missed_token():
+    ledger = CostLedger(1, 2, [4])
+    for t in range(5):
+        ledger.compute(np.array([0]), np.array([0]), np.array([t]))
+        ledger.emit(np.array([0]), np.array([0]))
+    behind = ledger.compute(np.array([0]), np.array([1]), np.array([5]))
+    assert behind.tolist() == [5]  # inputs 0..4 missed, input 5 is its step forward
+    assert ledger.catchup[0].tolist() == [0, 5] and ledger.prefill[0].tolist() == [3, 3]
+
+
+def test_ledger_refuses_going_back_and_mismatched_cost_model():
+    ledger = CostLedger(1, 2)
+    ledger.compute(np.array([0]), np.array([0]), np.array([3]))
+    with pytest.raises(EadError, match="already passed"):
+        ledger.compute(np.array([0]), np.array([0]), np.array([1]))
+    with pytest.raises(EadError, match="3 models"):
+        ledger.report(CostModel.from_param_counts([1, 2, 3]))
+
+
+def test_cost_model_validation():
+    with pytest.raises(EadError, match="positive"):
+        CostModel.from_param_counts([1, 0])
+    with pytest.raises(EadError, match="names"):
+        CostModel.from_param_counts([1, 2], names=["a"])
+    assert CostModel.from_seconds_per_token([0.01, 0.05]).unit == "seconds"
