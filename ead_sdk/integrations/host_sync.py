@@ -40,8 +40,10 @@ def forbid_host_sync() -> Iterator[None]:
             if name in SYNCING_OPS:
                 raise HostSyncError(f"host synchronisation: torch {name}() inside device code")
             if name == "to":
-                target = [a for a in list(args[1:]) + list((kwargs or {}).values()) if isinstance(a, (str, torch.device))]
-                if any(torch.device(t).type == "cpu" for t in target) and args and args[0].device.type != "cpu":
+                given = list(args[1:]) + list((kwargs or {}).values())
+                target = [a for a in given if isinstance(a, (str, torch.device))]
+                on_device = bool(args) and args[0].device.type != "cpu"
+                if on_device and any(torch.device(t).type == "cpu" for t in target):
                     raise HostSyncError("host synchronisation: tensor.to('cpu') inside device code")
             return func(*args, **(kwargs or {}))
 
