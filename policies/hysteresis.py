@@ -1,0 +1,91 @@
+"""``hysteresis``: escalate above an upper threshold, come back only below a lower one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
+from ead_sdk.errors import ParameterError
+from ead_sdk.hookspecs import hookimpl
+from ead_sdk.interface import Policy, Routes, State, Step
+from ead_sdk.params import Param, is_lane_array
+from ead_sdk.signals import to_nats
+from ead_sdk.state import mask_state
+from ead_sdk.policies._common import push_window, update_dwell
+
+
+class HysteresisPolicy(Policy):
+    """Two thresholds: switch up when the signal exceeds ``upper``, down when it falls below ``lower``.
+
+    The signal is the entropy of each token, optionally averaged over the last ``window`` tokens
+    and then smoothed exponentially (``s = ema * s_prev + (1 - ema) * mean``; ``ema = 0`` is no
+    smoothing). While the signal stays within ``[lower, upper]`` the current model is kept, so
+    a signal hovering around one threshold does not make the route flap. While the current model
+    has produced fewer than ``min_dwell`` tokens in a row, it is kept whatever the signal.
+    """
+
+    name = "hysteresis"
+    version = 1
+    max_models = 2
+    parameters = (
+        Param("upper", "float", default=1.5, low=0.0, doc="signal above which the large model emits (in `unit`)"),
+        Param("lower", "float", default=0.75, low=0.0, doc="signal below which the small model emits (in `unit`)"),
+        Param("window", "int", default=1, low=1, doc="tokens averaged before smoothing (fewer at the start)"),
+        Param("ema", "float", default=0.0, low=0.0, high=1.0, high_open=True, doc="exponential smoothing factor; 0 = none"),
+        Param("min_dwell", "int", default=0, low=0, doc="tokens the current model emits before any switch"),
+        Param("unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `upper` and `lower`"),
+    )
+
+    def validate(self) -> None:
+        upper = np.asarray(to_numpy(self.params["upper"]), dtype=float)
+        lower = np.asarray(to_numpy(self.params["lower"]), dtype=float)
+        if np.any(np.broadcast_to(upper, np.broadcast_shapes(upper.shape, lower.shape)) <= lower):
+            raise ParameterError(
+                f"policy 'hysteresis': 'upper' must be greater than 'lower', got upper={upper.tolist()} "
+                f"and lower={lower.tolist()}"
+            )
+
+    def init_state(self, n: int, xp: Any, device: Any = None) -> State:
+        xp = as_namespace(xp)
+        p = self.lane_params(n, xp, device)
+        window = self.params["window"]
+        wmax = int(window.max()) if is_lane_array(window) else int(window)
+        kw = {"device": device} if device is not None else {}
+        fdt = default_float(xp)
+        unit = self.params["unit"]
+        return {
+            "upper": to_nats(p["upper"], unit),
+            "lower": to_nats(p["lower"], unit),
+            "window": p["window"],
+            "ema": p["ema"],
+            "min_dwell": p["min_dwell"],
+            "history": xp.zeros((n, wmax), dtype=fdt, **kw),
+            "count": xp.zeros((n,), dtype=xp.int64, **kw),
+            "signal": xp.zeros((n,), dtype=fdt, **kw),
+            "current": xp.full((n,), self.initial_model, dtype=xp.int64, **kw),
+            "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
+        }
+
+    def decide(self, state: State, step: Step) -> tuple[Routes, State]:
+        xp = namespace(state["history"])
+        e = xp.astype(step.entropy, state["history"].dtype)
+        history, count, mean = push_window(state["history"], state["count"], state["window"], e, xp)
+        ema = state["ema"]
+        smoothed = ema * state["signal"] + (1.0 - ema) * mean
+        signal = xp.where(state["count"] == 0, mean, smoothed)
+
+        model = xp.astype(step.model, xp.int64)
+        one, zero = xp.ones_like(model), xp.zeros_like(model)
+        target = xp.where(signal > state["upper"], one, xp.where(signal < state["lower"], zero, model))
+        dwell = update_dwell(model, state["current"], state["dwell"], xp)
+        routes = xp.where(dwell < state["min_dwell"], model, target)
+        new = dict(state, history=history, count=count, signal=signal, current=model, dwell=dwell)
+        return xp.where(step.live, routes, model), mask_state(step.live, new, state)
+
+
+@hookimpl
+def register_policies(register):
+    """Register `HysteresisPolicy`."""
+    register(HysteresisPolicy)
