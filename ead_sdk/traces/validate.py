@@ -111,7 +111,7 @@ def validate_batch(meta: TraceMeta, batch: pa.RecordBatch, source: str, first_ro
                 detail += f", model {inner}"
             elif per == "model_rank":
                 detail += f", model {inner // k}, rank {inner % k}"
-            raise TraceError(f"{rows(row, name)}: {detail}: {what} (value {values[flat]!r})")
+            raise TraceError(f"{rows(row, name)}: {detail}: {what} (value {values[flat].item()!r})")
 
     def outside_vocab(v: np.ndarray) -> np.ndarray:
         return (v < 0) | (v >= vocab)
