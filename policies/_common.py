@@ -36,9 +36,7 @@ def normalised_logprobs(step: Step, logprobs: Array, xp: Any) -> Array:
     return logprobs - lse
 
 
-def push_window(
-    history: Array, count: Array, window: Array, value: Array, xp: Any
-) -> tuple[Array, Array, Array]:
+def push_window(history: Array, count: Array, window: Array, value: Array, xp: Any) -> tuple[Array, Array, Array]:
     """Append ``value`` to each lane's ring buffer; return it, the new count and the window mean.
 
     The mean is over the last ``min(window, count)`` values of each lane.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ead_sdk.policies._common import normalised_logprobs, require_logprobs
+
 from ead_sdk.arrays import as_namespace, namespace
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param
-from ead_sdk.policies._common import normalised_logprobs, require_logprobs
 from ead_sdk.state import mask_state
 
 
@@ -24,7 +25,14 @@ class ConfidencePolicy(Policy):
     version = 1
     max_models = 2
     parameters = (
-        Param("threshold", "float", default=0.5, low=0.0, high=1.0, doc="max probability below which the large model emits"),
+        Param(
+            "threshold",
+            "float",
+            default=0.5,
+            low=0.0,
+            high=1.0,
+            doc="max probability below which the large model emits",
+        ),
     )
 
     def init_state(self, n: int, xp: Any, device: Any = None) -> State:

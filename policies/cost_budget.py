@@ -40,14 +40,28 @@ class CostBudgetPolicy(Policy):
         Param("burst", "float", default=0.0, low=0.0, doc="slack, in large-model tokens"),
         Param("inner", "spec", default=None, nullable=True, doc="the policy that proposes escalations (a spec)"),
         Param("threshold", "float", default=1.0, low=0.0, doc="initial entropy threshold without `inner` (in `unit`)"),
-        Param("rate", "float", default=0.1, low=0.0, doc="threshold step per token of the feedback controller (in `unit`)"),
-        Param("mode", "str", default="hard", choices=("hard", "soft"), lane=False, doc="hard cap, or soft steering only"),
-        Param("measure", "str", default="tokens", choices=("tokens", "cost"), lane=False, doc="share of tokens or of cost"),
         Param(
-            "costs", "float", default=None, nullable=True, ladder=True, low=0.0, low_open=True,
+            "rate", "float", default=0.1, low=0.0, doc="threshold step per token of the feedback controller (in `unit`)"
+        ),
+        Param(
+            "mode", "str", default="hard", choices=("hard", "soft"), lane=False, doc="hard cap, or soft steering only"
+        ),
+        Param(
+            "measure", "str", default="tokens", choices=("tokens", "cost"), lane=False, doc="share of tokens or of cost"
+        ),
+        Param(
+            "costs",
+            "float",
+            default=None,
+            nullable=True,
+            ladder=True,
+            low=0.0,
+            low_open=True,
             doc="cost per token of (small, large), for measure='cost'",
         ),
-        Param("unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `threshold` and `rate`"),
+        Param(
+            "unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `threshold` and `rate`"
+        ),
     )
 
     def __init__(self, **kwargs: Any):

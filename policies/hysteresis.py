@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from ead_sdk.policies._common import push_window, update_dwell
 
 from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
 from ead_sdk.errors import ParameterError
@@ -13,7 +14,6 @@ from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
 from ead_sdk.signals import to_nats
 from ead_sdk.state import mask_state
-from ead_sdk.policies._common import push_window, update_dwell
 
 
 class HysteresisPolicy(Policy):
@@ -33,7 +33,9 @@ class HysteresisPolicy(Policy):
         Param("upper", "float", default=1.5, low=0.0, doc="signal above which the large model emits (in `unit`)"),
         Param("lower", "float", default=0.75, low=0.0, doc="signal below which the small model emits (in `unit`)"),
         Param("window", "int", default=1, low=1, doc="tokens averaged before smoothing (fewer at the start)"),
-        Param("ema", "float", default=0.0, low=0.0, high=1.0, high_open=True, doc="exponential smoothing factor; 0 = none"),
+        Param(
+            "ema", "float", default=0.0, low=0.0, high=1.0, high_open=True, doc="exponential smoothing factor; 0 = none"
+        ),
         Param("min_dwell", "int", default=0, low=0, doc="tokens the current model emits before any switch"),
         Param("unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `upper` and `lower`"),
     )

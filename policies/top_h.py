@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from ead_sdk.policies._common import require_logprobs
 
 from ead_sdk.arrays import Array, as_namespace, is_torch, namespace, to_numpy
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
-from ead_sdk.policies._common import require_logprobs
 from ead_sdk.state import mask_state
 
 VARIANTS = ("reference", "transformers")
@@ -74,6 +74,7 @@ def top_h_kept(
     variant: str = "reference",
     *,
     normalised: bool = False,
+    max_top_n: int | None = None,
 ) -> TopHKept:
     """The Top-H kept set of each row of ``scores``, without a loop over tokens.
 
@@ -85,6 +86,8 @@ def top_h_kept(
         top_n: tokens considered (the reference uses 100), a scalar or one per row.
         variant: ``"reference"`` or ``"transformers"`` (see the module docstring).
         normalised: ``scores`` are already log-probabilities.
+        max_top_n: the largest ``top_n`` of the rows; give it with a per-row device array to
+            avoid reading that array on the host.
 
     Returns:
         `TopHKept` with ``size`` (int64, ``(B,)``, at least 1) and ``mass`` (``(B,)``).
@@ -93,8 +96,9 @@ def top_h_kept(
         raise ValueError(f"top_h variant must be one of {list(VARIANTS)}, got {variant!r}")
     xp = namespace(scores)
     x = _floating(scores, xp)
-    n_max = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
-    top = _largest(x, min(n_max, x.shape[-1]), xp)
+    if max_top_n is None:
+        max_top_n = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
+    top = _largest(x, min(max_top_n, x.shape[-1]), xp)
     if not normalised:
         m = xp.max(x, axis=-1, keepdims=True)
         lse = m + xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))
@@ -102,8 +106,9 @@ def top_h_kept(
     dtype = top.dtype
     p = xp.exp(top)
     pos = xp.arange(top.shape[-1], device=top.device)[None, :]
-    top_n = xp.asarray(top_n, device=top.device) if is_lane_array(top_n) else top_n
-    within = pos < (top_n[:, None] if is_lane_array(top_n) else top_n)
+    if is_lane_array(top_n):
+        top_n = xp.asarray(top_n, device=top.device)[:, None]
+    within = pos < top_n
     valid = (p > 0) & within
     zero = xp.zeros_like(p)
     lp = xp.where(valid, top, zero)
@@ -136,12 +141,26 @@ class TopHPolicy(Policy):
     version = 1
     max_models = 2
     parameters = (
-        Param("alpha", "float", default=0.4, low=0.0, low_open=True, high=1.0, doc="entropy scale of the kept set, in (0, 1]"),
+        Param(
+            "alpha",
+            "float",
+            default=0.4,
+            low=0.0,
+            low_open=True,
+            high=1.0,
+            doc="entropy scale of the kept set, in (0, 1]",
+        ),
         Param("top_n", "int", default=100, low=1, doc="tokens considered (the reference's N)"),
         Param("max_kept", "int", default=5, low=1, doc="a kept set larger than this escalates"),
         Param("min_mass", "float", default=0.0, low=0.0, high=1.0, doc="a kept set lighter than this escalates"),
-        Param("variant", "str", default="reference", choices=VARIANTS, lane=False, doc="which Top-H rule picks the set"),
+        Param(
+            "variant", "str", default="reference", choices=VARIANTS, lane=False, doc="which Top-H rule picks the set"
+        ),
     )
+
+    def validate(self) -> None:
+        top_n = self.params["top_n"]
+        self._max_top_n = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
 
     def init_state(self, n: int, xp: Any, device: Any = None) -> State:
         return self.lane_params(n, as_namespace(xp), device)
@@ -156,6 +175,7 @@ class TopHPolicy(Policy):
             state["top_n"] if is_lane_array(top_n) else top_n,
             self.params["variant"],
             normalised=step.token_ids is not None,
+            max_top_n=self._max_top_n,
         )
         escalate = (kept.size > state["max_kept"]) | (xp.astype(kept.mass, state["min_mass"].dtype) < state["min_mass"])
         model = xp.astype(step.model, xp.int64)
