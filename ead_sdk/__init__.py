@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ead_sdk.backend import Backend, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.decode import DecodeStream, GenerateResult, LaneResult, TokenEvent, generate, stream
 from ead_sdk.errors import (
     BackendError,
     DuplicatePolicyError,
@@ -44,6 +46,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "Backend",
+    "DecodeRequest",
+    "Draw",
+    "RowRecord",
+    "Sampling",
+    "DecodeStream",
+    "GenerateResult",
+    "LaneResult",
+    "TokenEvent",
+    "generate",
+    "stream",
     "REQUIRED",
     "BackendError",
     "CostLedger",
