@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from ead_sdk.policies.hysteresis import HysteresisPolicy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Step
-from ead_sdk.policies.hysteresis import HysteresisPolicy
 from ead_sdk.testing import check_policy, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 
@@ -21,7 +21,7 @@ TIE = 1e-9
 def reference(entropies, models, upper, lower, window, ema, min_dwell):
     """The rule one token at a time; ``None`` where the signal ties a threshold."""
     history, routes, signal, current, dwell = [], [], None, 0, 0
-    for e, m in zip(entropies, models):
+    for e, m in zip(entropies, models, strict=False):
         history.append(float(e))
         recent = history[-window:]
         mean = math.fsum(recent) / len(recent)
@@ -40,7 +40,7 @@ def reference(entropies, models, upper, lower, window, ema, min_dwell):
 def drive(policy, entropies, models):
     state = policy.init_state(1, np)
     out = []
-    for t, (e, m) in enumerate(zip(entropies, models)):
+    for t, (e, m) in enumerate(zip(entropies, models, strict=False)):
         step = Step(entropy=np.array([e]), model=np.array([m]), index=np.array([t]), live=np.array([True]))
         r, state = policy.decide(state, step)
         out.append(int(r[0]))
@@ -64,7 +64,7 @@ def test_matches_reference(data, entropies, lower, gap, window, ema, min_dwell):
     policy = HysteresisPolicy(upper=upper, lower=lower, window=window, ema=ema, min_dwell=min_dwell, unit="nats")
     got = drive(policy, entropies, models)
     want = reference(entropies, models, upper, lower, window, ema, min_dwell)
-    assert [g for g, w in zip(got, want) if w is not None] == [w for w in want if w is not None]
+    assert [g for g, w in zip(got, want, strict=False) if w is not None] == [w for w in want if w is not None]
 
 
 @given(data=st.data(), lower=st.floats(0.0, 3.0), gap=st.floats(0.0, 2.0), first=st.integers(0, 1))

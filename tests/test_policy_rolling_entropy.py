@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.interface import Step
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from ead_sdk.testing import check_policy, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 
@@ -19,7 +19,7 @@ TIE = 1e-9
 def reference_ead(entropies, models, window, thresholds, min_dwell, initial=0):
     """The paper's rule, one token at a time; ``None`` where the mean ties a threshold."""
     history, routes, current, dwell = [], [], initial, 0
-    for e, m in zip(entropies, models):
+    for e, m in zip(entropies, models, strict=False):
         history.append(float(e))
         recent = history[-window:]
         mean = math.fsum(recent) / len(recent)
@@ -37,10 +37,8 @@ def reference_ead(entropies, models, window, thresholds, min_dwell, initial=0):
 def drive(policy, entropies, models):
     state = policy.init_state(1, np)
     out = []
-    for t, (e, m) in enumerate(zip(entropies, models)):
-        step = Step(
-            entropy=np.array([e]), model=np.array([m]), index=np.array([t]), live=np.array([True])
-        )
+    for t, (e, m) in enumerate(zip(entropies, models, strict=False)):
+        step = Step(entropy=np.array([e]), model=np.array([m]), index=np.array([t]), live=np.array([True]))
         r, state = policy.decide(state, step)
         out.append(int(r[0]))
     return out
@@ -68,7 +66,7 @@ def test_matches_the_papers_rule(data, entropies, window, min_dwell, ladder):
     )
     got = drive(policy, entropies, models)
     want = reference_ead(entropies, models, window, thresholds, min_dwell)
-    assert [g for g, w in zip(got, want) if w is not None] == [w for w in want if w is not None]
+    assert [g for g, w in zip(got, want, strict=False) if w is not None] == [w for w in want if w is not None]
 
 
 def test_threshold_in_bits_is_converted_to_nats():
