@@ -1,0 +1,22 @@
+"""Fast offline replay of logit traces: replay, sweeps, calibration, metrics, synthetic traces.
+
+A trace is scored teacher-forced along one trajectory, so replay is a counterfactual on that
+fixed path: it says which model would have emitted each token and at what cost.
+"""
+
+from __future__ import annotations
+
+from ead_sdk.simulators.metrics import aggregate, lane_metrics, pgr, routellm_summary
+from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
+from ead_sdk.simulators.synthetic import synthetic_traces
+
+__all__ = [
+    "ReplayData",
+    "ReplayResult",
+    "aggregate",
+    "lane_metrics",
+    "pgr",
+    "replay",
+    "routellm_summary",
+    "synthetic_traces",
+]

@@ -1,0 +1,139 @@
+"""Replay metrics: cost, routing, quality proxies, and the RouteLLM-style quality/cost summary.
+
+Quality proxies on a fixed trajectory:
+
+* ``agreement``: share of positions where the emitting model's most likely token is the largest
+  model's most likely token (1 wherever the largest model emits);
+* ``loglik``: log-likelihood of the trajectory under the emitting models;
+* ``quality`` (with correctness labels): each sequence's expected correctness, the single-model
+  runs' correctness weighted by the share of tokens each model emitted. This interpolation is
+  an assumption of the proxy, not a measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ead_sdk.simulators.replay import ReplayData, ReplayResult
+
+
+def _by_emitter(emitted: np.ndarray, per_seq: np.ndarray, seq: np.ndarray, num_models: int) -> np.ndarray:
+    """Sum over positions of ``per_seq[t, seq[lane], emitted[t, lane]]`` for each lane."""
+    n = seq.shape[0]
+    n_seq = per_seq.shape[1]
+    tiles = n // n_seq if n_seq and n % n_seq == 0 else 0
+    tiled = tiles > 0 and np.array_equal(seq, np.tile(np.arange(n_seq), tiles))
+    total = np.zeros(n, np.float64)
+    for m in range(num_models):
+        values = per_seq[:, :, m]
+        hit = emitted == m
+        if tiled:  # lanes are configuration-major tiles of the sequences: broadcast, no gather
+            t = emitted.shape[0]
+            contrib = np.where(hit.reshape(t, tiles, n_seq), values[:, None, :], 0).sum(0, dtype=np.float64)
+            total += contrib.reshape(n)
+        else:
+            total += np.where(hit, np.take(values, seq, axis=1), 0).sum(0, dtype=np.float64)
+    return total
+
+
+def lane_metrics(result: ReplayResult, data: ReplayData) -> dict[str, np.ndarray]:
+    """Per-lane metrics: the ledger's cost figures plus agreement, log-likelihood and quality."""
+    out = result.ledger.per_lane(result.cost_model)
+    seq, m_count = result.lane_sequence, result.num_models
+    tokens = out["tokens"]
+    safe = np.maximum(tokens, 1)
+    if data.agree is not None:
+        agree = _by_emitter(result.emitted_by, data.agree, seq, m_count)
+        out["agreement_count"] = agree
+        out["agreement"] = np.where(tokens > 0, agree / safe, np.nan)
+    if data.token_logprob is not None:
+        out["loglik"] = _by_emitter(result.emitted_by, data.token_logprob, seq, m_count)
+    flat = data.flat
+    if flat.correct is not None and flat.has_correct is not None:
+        labelled = flat.has_correct[seq]
+        share = result.ledger.emitted / safe[:, None]
+        quality = (share * flat.correct[seq]).sum(1)
+        out["labelled"] = labelled
+        out["quality"] = np.where(labelled & (tokens > 0), quality, np.nan)
+    return out
+
+
+def aggregate(result: ReplayResult, lanes: np.ndarray | None = None) -> dict[str, Any]:
+    """Aggregate metrics over ``lanes``: token-weighted shares, totals, and per-sequence means."""
+    sel = np.arange(result.lanes) if lanes is None else np.asarray(lanes)
+    report = result.report(sel)
+    met = result.metrics
+    tokens = max(report.tokens, 1)
+    out: dict[str, Any] = {
+        "sequences": int(sel.shape[0]),
+        "tokens": report.tokens,
+        "large_share": report.large_share,
+        "cost_ratio": report.cost_ratio,
+        "switches": report.switches,
+        "switches_per_1k_tokens": 1000.0 * report.switches / tokens,
+        "wasted": int(sum(report.wasted)),
+    }
+    if "agreement_count" in met:
+        out["agreement"] = float(met["agreement_count"][sel].sum() / tokens)
+    if "loglik" in met:
+        out["loglik"] = float(met["loglik"][sel].sum())
+        out["loglik_per_token"] = float(met["loglik"][sel].sum() / tokens)
+    if "quality" in met:
+        lab = met["labelled"][sel] & (met["tokens"][sel] > 0)
+        if lab.any():
+            seq = result.lane_sequence[sel][lab]
+            correct = result.correct
+            out["quality"] = float(np.mean(met["quality"][sel][lab]))
+            out["quality_small"] = float(np.mean(correct[seq, 0]))
+            out["quality_large"] = float(np.mean(correct[seq, -1]))
+            out.update(
+                routellm_summary(
+                    [(out["large_share"], out["quality"])], out["quality_small"], out["quality_large"]
+                )
+            )
+    return out
+
+
+def pgr(quality: float, q_small: float, q_large: float) -> float:
+    """Performance gap recovered: 0 at the small model's quality, 1 at the large model's."""
+    gap = q_large - q_small
+    return float("nan") if gap == 0 else (quality - q_small) / gap
+
+
+def routellm_summary(
+    points: Sequence[tuple[float, float]], q_small: float, q_large: float
+) -> dict[str, float]:
+    """RouteLLM-style summary of quality versus large-model share.
+
+    The curve is the best quality reachable at each large-model share or less, through the
+    measured ``(large_share, quality)`` points and the two single-model runs ``(0, q_small)``
+    and ``(1, q_large)``, linear between points.
+
+    Returns:
+        ``apgr``: area under the performance-gap-recovered curve over share in [0, 1] (0.5 is
+        what randomly mixing the two models gives); ``share_for_50pct_gap`` and
+        ``share_for_80pct_gap``: the smallest share whose curve reaches 50% / 80% of the gap
+        (``nan`` when the gap is zero).
+    """
+    pts = sorted([(0.0, q_small), *[(float(s), float(q)) for s, q in points], (1.0, q_large)])
+    xs = np.array([p[0] for p in pts])
+    ys = np.maximum.accumulate(np.array([p[1] for p in pts]))
+    gap = q_large - q_small
+    if gap <= 0:
+        return {"apgr": float("nan"), "share_for_50pct_gap": float("nan"), "share_for_80pct_gap": float("nan")}
+    rec = (ys - q_small) / gap
+    area = float(np.sum((xs[1:] - xs[:-1]) * (rec[1:] + rec[:-1]) / 2.0))
+    out = {"apgr": area}
+    for frac, key in ((0.5, "share_for_50pct_gap"), (0.8, "share_for_80pct_gap")):
+        hit = np.flatnonzero(rec >= frac)
+        i = int(hit[0])
+        if i == 0:
+            out[key] = 0.0
+        else:  # interpolate on the segment that crosses
+            x0, x1, r0, r1 = xs[i - 1], xs[i], rec[i - 1], rec[i]
+            out[key] = float(x0 + (x1 - x0) * (frac - r0) / (r1 - r0)) if r1 > r0 else float(x1)
+    return out

@@ -1,0 +1,252 @@
+"""Offline replay: a policy routes every recorded sequence, all sequences as lanes of one batch.
+
+A trace is scored *teacher-forced*: every model's distribution was computed along one fixed
+trajectory, so replay is a counterfactual on that path. The emitted token is always the
+trajectory's token, whichever model the policy picks; what replay measures is which model
+would have emitted each token, and what that would have cost.
+
+The step order is DESIGN.md's "One decode step": at generated position ``t`` a lane on model
+``m`` shows the policy ``entropy[t, m]`` (and that distribution's top-k), gets the route ``r``
+of position ``t + 1``; with escalation ``"retry"`` and ``r > m`` model ``r`` also computes
+position ``t`` and emits it (model ``m``'s forward is paid and wasted). Costs are counted by
+`ead_sdk.cost.CostLedger` under the live decoder's convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ead_sdk.simulators.ledger import fill_ledger
+
+from ead_sdk.arrays import to_numpy
+from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.errors import EadError, ModelCountError, TraceError
+from ead_sdk.interface import Policy, Step
+from ead_sdk.traces.traceset import FlatTrace, TraceSet
+
+REPLAY_COLUMNS = ("token_ids", "entropy", "token_logprob", "top_ids", "top_logprobs", "prompt_ids", "correct")
+
+
+@dataclass(frozen=True)
+class ReplayData:
+    """A trace laid out time-major for replay: ``[t, sequence, model, ...]``, padded past each end.
+
+    Built once per trace and reused by every replay, sweep and calibration step on it.
+    """
+
+    flat: FlatTrace
+    lengths: np.ndarray
+    entropy: np.ndarray
+    token_logprob: np.ndarray | None
+    tokens: np.ndarray | None
+    top_ids: np.ndarray | None
+    top_logprobs: np.ndarray | None
+    disagree: np.ndarray | None
+    agree: np.ndarray | None
+
+    @property
+    def meta(self):
+        return self.flat.meta
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def t_max(self) -> int:
+        return int(self.entropy.shape[0])
+
+    @classmethod
+    def from_traces(cls, traces: TraceSet | ReplayData, *, with_topk: bool = True) -> ReplayData:
+        """Lay out ``traces`` for replay (``with_topk=False`` leaves `Step.logprobs` empty)."""
+        if isinstance(traces, ReplayData):
+            return traces
+        if not isinstance(traces, TraceSet):
+            raise TraceError(f"replay needs a TraceSet (see ead_sdk.traces.read_traces), got {type(traces).__name__}")
+        flat = traces.flat()
+        if flat.entropy is None:
+            raise TraceError(f"{traces.source}: replay needs the 'entropy' column")
+        m = traces.meta.num_models
+        top_ids = flat.padded("top_ids") if flat.top_ids is not None and traces.meta.k > 0 else None
+        disagree = agree = None
+        if top_ids is not None:
+            first = top_ids[..., 0]  # (T, n, M): each model's most likely token
+            agree = first == first[..., m - 1 : m]
+            disagree = np.zeros((top_ids.shape[0] + 1, top_ids.shape[1]), bool)
+            disagree[:-1] = first[..., 0] != first[..., m - 1]
+            disagree = disagree[1:]  # disagree[t]: at position t + 1 (False past the end)
+        return cls(
+            flat=flat,
+            lengths=flat.lengths.astype(np.int64),
+            entropy=flat.padded("entropy"),
+            token_logprob=flat.padded("token_logprob") if flat.token_logprob is not None else None,
+            tokens=flat.padded("token_ids") if flat.token_ids is not None else None,
+            top_ids=top_ids if with_topk else None,
+            top_logprobs=flat.padded("top_logprobs") if with_topk and top_ids is not None else None,
+            disagree=disagree,
+            agree=agree,
+        )
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did, lane by lane.
+
+    Attributes:
+        computed_by: int8 ``(T, lanes)`` the model whose distribution the policy saw at each
+            position (``-1`` past a lane's end).
+        emitted_by: int8 ``(T, lanes)`` the model that emitted each position (differs from
+            ``computed_by`` where a ``"retry"`` escalation re-emitted it).
+        lane_sequence: ``(lanes,)`` the trace sequence each lane replayed.
+        ledger: the forward counts (`CostLedger`) of every lane.
+        cost_model: the per-model costs.
+        metrics: per-lane arrays (see `lane_metrics`).
+        policy_spec: the spec of the policy replayed.
+        num_models: models in the trace.
+        correct: bool ``(sequences, M)`` correctness labels of the single-model runs, if any.
+    """
+
+    computed_by: np.ndarray
+    emitted_by: np.ndarray
+    lane_sequence: np.ndarray
+    ledger: CostLedger
+    cost_model: CostModel
+    metrics: dict[str, np.ndarray]
+    policy_spec: dict[str, Any]
+    num_models: int
+    correct: np.ndarray | None = None
+
+    @property
+    def lanes(self) -> int:
+        return int(self.lane_sequence.shape[0])
+
+    def report(self, lanes: np.ndarray | None = None) -> CostReport:
+        """The summed `CostReport` of ``lanes`` (all by default)."""
+        return self.ledger.report(self.cost_model, lanes)
+
+    def routes(self, lane: int) -> np.ndarray:
+        """The emitting model of each generated token of ``lane``."""
+        col = self.emitted_by[:, lane]
+        return col[col >= 0].astype(np.int64)
+
+    def summary(self, lanes: np.ndarray | None = None) -> dict[str, Any]:
+        """Aggregate metrics of ``lanes`` (token-weighted where the quantity is per token)."""
+        from ead_sdk.simulators.metrics import aggregate
+
+        return aggregate(self, lanes)
+
+
+def replay(
+    traces: TraceSet | ReplayData,
+    policy: Policy,
+    *,
+    cost_model: CostModel | None = None,
+    lane_sequence: np.ndarray | None = None,
+    with_topk: bool = True,
+) -> ReplayResult:
+    """Replay ``policy`` on every sequence of ``traces`` as the lanes of one batch.
+
+    Args:
+        traces: a `TraceSet` (or a `ReplayData` prepared once and reused).
+        policy: any policy, ``replay_only`` ones included; per-lane parameter arrays must have
+            one value per lane.
+        cost_model: per-model costs (default: the trace's parameter counts).
+        lane_sequence: which sequence each lane replays (default: each sequence once); a sweep
+            tiles the sequences once per configuration.
+        with_topk: show the policy each distribution's top-k (`Step.logprobs`/`token_ids`);
+            ``False`` skips that per-step gather for policies that only read the entropy.
+
+    Returns:
+        A `ReplayResult` with per-lane routes, the `CostLedger` and metrics.
+    """
+    data = ReplayData.from_traces(traces, with_topk=with_topk)
+    meta = data.meta
+    m_count = meta.num_models
+    policy.check_models(m_count)
+    if cost_model is None:
+        cost_model = meta.cost_model()
+    elif cost_model.num_models != m_count:
+        raise EadError(f"cost model has {cost_model.num_models} models, the trace has {m_count}")
+    seq = np.arange(data.num_sequences) if lane_sequence is None else np.asarray(lane_sequence, np.int64)
+    computed, emitted = _run(data, policy, seq, with_topk and data.top_logprobs is not None)
+    ledger = CostLedger(seq.shape[0], m_count, data.flat.prompt_lengths[seq])
+    fill_ledger(ledger, computed, emitted, data.lengths[seq])
+    from ead_sdk.simulators.metrics import lane_metrics
+
+    result = ReplayResult(
+        computed_by=computed,
+        emitted_by=emitted,
+        lane_sequence=seq,
+        ledger=ledger,
+        cost_model=cost_model,
+        metrics={},
+        policy_spec=_spec(policy),
+        num_models=m_count,
+        correct=data.flat.correct,
+    )
+    result.metrics = lane_metrics(result, data)
+    return result
+
+
+def _spec(policy: Policy) -> dict[str, Any]:
+    try:
+        return policy.spec()
+    except Exception:  # noqa: BLE001 - a spec is informative only here
+        return {"policy": getattr(policy, "name", type(policy).__name__)}
+
+
+def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The step loop; returns ``computed_by`` and ``emitted_by`` as ``(T, lanes)`` int8."""
+    import array_api_compat.numpy as xp
+
+    n, m_count, t_max = seq.shape[0], data.meta.num_models, data.t_max
+    retry = policy.escalation == "retry"
+    lengths = data.lengths[seq]
+    state = policy.init_state(n, xp)
+    model = np.full(n, policy.initial_model, np.int64)
+    computed = np.full((t_max, n), -1, np.int8)
+    emitted = np.full((t_max, n), -1, np.int8)
+    base = seq * m_count
+    idx = np.empty(n, np.int64)
+    k = int(data.meta.k)
+    vocab = int(data.meta.vocab_size)
+    for t in range(t_max):
+        live = lengths > t
+        np.add(base, model, out=idx)
+        entropy = data.entropy[t].reshape(-1).take(idx)
+        logprobs = token_ids = None
+        if with_topk:
+            logprobs = data.top_logprobs[t].reshape(-1, k).take(idx, axis=0)
+            token_ids = data.top_ids[t].reshape(-1, k).take(idx, axis=0)
+        future = None if data.disagree is None else {"disagree": data.disagree[t].take(seq)}
+        step = Step(
+            entropy=entropy,
+            model=model,
+            index=np.broadcast_to(np.int64(t), (n,)),
+            live=live,
+            logprobs=logprobs,
+            token_ids=token_ids,
+            token=None if data.tokens is None else data.tokens[t].take(seq),
+            vocab_size=vocab,
+            future=future,
+        )
+        routes, state = policy.decide(state, step)
+        routes = np.asarray(to_numpy(routes))
+        if routes.shape != (n,):
+            raise EadError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
+        lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
+        if lo < 0 or hi >= m_count:
+            bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
+            raise ModelCountError(
+                f"policy {policy.name!r} routed lane {bad} to model {int(routes[bad])}, "
+                f"not one of {m_count} models"
+            )
+        computed[t] = np.where(live, model, -1)
+        if retry:
+            emitted[t] = np.where(live, np.maximum(routes, model), -1)
+        else:
+            emitted[t] = computed[t]
+        model = np.where(live, routes, model)
+    return computed, emitted
