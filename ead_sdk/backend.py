@@ -184,6 +184,13 @@ class Backend(ABC):
         """The token limit when none is given."""
         return 256
 
+    def lane_limits(self, request: DecodeRequest) -> np.ndarray | None:
+        """Per-lane token limits the backend imposes (a trace's lengths), or ``None``.
+
+        A lane with limit 0 produces nothing; one that reaches its limit ends as ``"stop"``.
+        """
+        return None
+
     # -- one batch ------------------------------------------------------------------------
     @abstractmethod
     def start(self, request: DecodeRequest) -> None:

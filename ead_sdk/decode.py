@@ -124,7 +124,7 @@ def generate(
     logprobs: LogprobRequest = None,
     cost_model: CostModel | None = None,
     record: Any = None,
-    score_idle: bool = False,
+    record_k: int = 0,
 ) -> GenerateResult:
     """Decode ``prompts`` with ``policy`` routing every token between ``backend``'s models.
 
@@ -139,9 +139,10 @@ def generate(
         stop: stop strings (backend with a tokenizer) and stop token ids.
         logprobs: what `Step.logprobs` holds for the policy: top-``k``, ``"full"`` or ``None``.
         cost_model: per-model forward costs (default: the models' parameter counts).
-        record: a path or a trace writer: record the run in the trace format as it goes.
-        score_idle: when recording, score the trajectory with the models that did not compute
-            a position too (teacher-forced); that cost goes to ``recording_cost``.
+        record: a path (a new trace stream) or a `ead_sdk.traces.TraceWriter`: record the run
+            in the trace format as sequences finish. Positions a model did not compute live are
+            scored teacher-forced; that cost goes to ``recording_cost``, never to ``report``.
+        record_k: top-k log-probabilities recorded per model and position (for a path).
 
     Returns:
         A `GenerateResult`: per lane ``tokens``, ``models`` and ``report``, plus the total.
@@ -160,7 +161,7 @@ def generate(
         logprobs=logprobs,
         cost_model=cost_model,
         record=record,
-        score_idle=score_idle,
+        record_k=record_k,
     ).result()
 
 
@@ -175,7 +176,7 @@ def stream(
     logprobs: LogprobRequest = None,
     cost_model: CostModel | None = None,
     record: Any = None,
-    score_idle: bool = False,
+    record_k: int = 0,
 ) -> DecodeStream:
     """The streaming form of `generate`: a `DecodeStream` of `TokenEvent`s.
 
@@ -204,7 +205,7 @@ def stream(
     if record is not None:
         from ead_sdk.recording import LiveRecorder
 
-        recorder = LiveRecorder.open(record, backend, policy, request, score_idle=score_idle)
+        recorder = LiveRecorder.open(record, backend, policy, request, k=record_k)
     box: dict[str, Any] = {}
     return DecodeStream(_run(backend, policy, request, cost_model, recorder, box), box)
 
@@ -312,6 +313,10 @@ def _run(
     routes = np.full(n, policy.initial_model, np.int64)
     state = policy.init_state(n, xp, device)
     retry_mode = policy.escalation == "retry"
+    limits = backend.lane_limits(request)
+    if limits is not None:
+        live &= np.asarray(limits) > 0
+        finish = ["stop" if not ok else "length" for ok in live]
     backend.start(request)
     try:
         if recorder is not None:
@@ -391,6 +396,8 @@ def _run(
             for lane in active[done].tolist():
                 finish[lane] = "stop"
             live[active[done]] = False
+            if recorder is not None and done.any():
+                recorder.lanes_done(active[done], tokens, emitters, length)
             routes[active] = host_routes[active]
             yield [TokenEvent(int(i), int(host_tokens[i]), int(emitter[i]), t) for i in active.tolist()]
         lanes_out = []
@@ -408,7 +415,8 @@ def _run(
             )
         recording_cost = None
         if recorder is not None:
-            recording_cost = recorder.finish(tokens, emitters, length, cost_model)
+            recorder.lanes_done(np.arange(n), tokens, emitters, length)
+            recording_cost = recorder.finish(cost_model)
             recorder = None
         box["result"] = GenerateResult(
             lanes=tuple(lanes_out),
@@ -417,6 +425,6 @@ def _run(
             recording_cost=recording_cost,
         )
     finally:
-        if recorder is not None:  # interrupted: keep what was completed readable
-            recorder.abort(tokens, emitters, length)
+        if recorder is not None:  # interrupted: the sequences completed so far stay readable
+            recorder.close()
         backend.close()
