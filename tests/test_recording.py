@@ -61,12 +61,14 @@ def test_recorded_trace_replays_to_same_routes_and_costs(tmp_path: Path, escalat
     # Scoring the idle models is paid apart, never in the routing report.
     assert live.recording_cost is not None and live.recording_cost.cost > 0
     assert live.recording_cost.tokens == 0
-    try:
-        from ead_sdk.simulators.replay import replay
-    except ImportError:
-        return
-    result = replay(traces, policy)
-    assert result is not None
+    from ead_sdk.simulators.replay import replay
+
+    ordered = traces.take([s.fields["sequence_id"] for s in seqs])
+    replayed = replay(ordered, policy)
+    for i, lane in enumerate(live):
+        assert replayed.routes(i).tolist() == list(lane.models)
+        assert replayed.report(np.array([i])) == lane.report
+    assert replayed.report() == live.report
 
 
 def test_recorded_values_are_the_ones_the_policy_saw(tmp_path: Path) -> None:

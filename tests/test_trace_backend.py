@@ -9,6 +9,7 @@ import pytest
 from ead_sdk.backends.trace import TraceBackend
 from ead_sdk.policies.fixed import FixedPolicy
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+from ead_sdk.simulators.replay import replay
 from ead_sdk.simulators.synthetic import synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,7 +70,8 @@ def test_trace_backend_matches_per_lane_reference(
     seed: int, num_models: int, window: int, threshold: float, retry: bool
 ) -> None:
     """On a trace, every lane emits its trajectory; routes, forwards (catch-up included), wasted
-    retries and cost equal a one-lane-at-a-time reference with the cost convention by hand."""
+    retries and cost equal a one-lane-at-a-time reference with the cost convention by hand,
+    and equal the vectorised replay's."""
     traces = synthetic_traces(5, (0, 12), num_models=num_models, vocab_size=50, k=3, seed=seed)
     thresholds = threshold if num_models == 2 else [threshold, threshold + 0.7]
     policy = RollingEntropyPolicy(
@@ -87,6 +89,10 @@ def test_trace_backend_matches_per_lane_reference(
         assert lane.report.cost == pytest.approx(ref["cost"])
         assert lane.finish_reason == "stop"
     assert out.report.tokens == sum(seq.length for seq in traces.sequences())
+    replayed = replay(traces, policy)
+    for i, lane in enumerate(out):
+        assert replayed.routes(i).tolist() == list(lane.models)
+        assert replayed.report(np.array([i])) == lane.report
 
 
 def test_trace_backend_fills_step_like_replay() -> None:
