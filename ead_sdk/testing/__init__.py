@@ -2,13 +2,30 @@
 
 ``from ead_sdk.testing import check_policy`` needs numpy only; torch is used when installed.
 The strategies live in `ead_sdk.testing.strategies` and need ``hypothesis``. The pytest plugin
-(`ead_sdk.testing.pytest_plugin`, loaded through the ``pytest11`` entry point) offers fixtures.
+(`ead_sdk.testing.pytest_plugin`, loaded through the ``pytest11`` entry point in every pytest
+session) imports this package, so the names below load on first use.
 """
 
 from __future__ import annotations
 
-from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
-from ead_sdk.testing.episodes import Episode, EpisodeRun, make_episode, run_episode, to_namespace
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
+    from ead_sdk.testing.episodes import Episode, EpisodeRun, make_episode, run_episode, to_namespace
+
+_WHERE = {
+    "CHECKS": "conformance",
+    "ConformanceError": "conformance",
+    "ConformanceReport": "conformance",
+    "check_policy": "conformance",
+    "Episode": "episodes",
+    "EpisodeRun": "episodes",
+    "make_episode": "episodes",
+    "run_episode": "episodes",
+    "to_namespace": "episodes",
+}
 
 __all__ = [
     "CHECKS",
@@ -21,3 +38,9 @@ __all__ = [
     "run_episode",
     "to_namespace",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"ead_sdk.testing.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'ead_sdk.testing' has no attribute {name!r}")
