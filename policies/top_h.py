@@ -59,6 +59,16 @@ def _largest(x: Array, n: int, xp: Any) -> Array:
     return xp.sort(x, axis=-1, descending=True)[..., :n]
 
 
+def _logsumexp(x: Array, xp: Any) -> Array:
+    """``log(sum(exp(x)))`` over the last axis, kept as an axis (torch's fused kernel when it can)."""
+    if is_torch(x):
+        import torch
+
+        return torch.logsumexp(x, dim=-1, keepdim=True)
+    m = xp.max(x, axis=-1, keepdims=True)
+    return m + xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))
+
+
 def _floating(x: Array, xp: Any) -> Array:
     # Never compare a numpy dtype with None: numpy reads None as float64.
     half = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
@@ -100,34 +110,30 @@ def top_h_kept(
         max_top_n = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
     top = _largest(x, min(max_top_n, x.shape[-1]), xp)
     if not normalised:
-        m = xp.max(x, axis=-1, keepdims=True)
-        lse = m + xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))
-        top = top - lse
-    dtype = top.dtype
+        top = top - _logsumexp(x, xp)
+    width = top.shape[-1]
     p = xp.exp(top)
-    pos = xp.arange(top.shape[-1], device=top.device)[None, :]
-    if is_lane_array(top_n):
-        top_n = xp.asarray(top_n, device=top.device)[:, None]
-    within = pos < top_n
-    valid = (p > 0) & within
-    zero = xp.zeros_like(p)
-    lp = xp.where(valid, top, zero)
-    p = xp.where(valid, p, zero)
-    alpha = xp.asarray(alpha, dtype=dtype, device=top.device) if is_lane_array(alpha) else alpha
-    alpha = alpha[:, None] if is_lane_array(alpha) else alpha
-    if variant == "reference":
-        partial = xp.cumulative_sum(-p * lp, axis=-1)
-    else:
+    valid = p > 0
+    if is_lane_array(top_n) or top_n < width:
+        pos = xp.arange(width, device=top.device)[None, :]
+        limit = xp.asarray(top_n, device=top.device)[:, None] if is_lane_array(top_n) else top_n
+        valid = valid & (pos < limit)
+        p = xp.where(valid, p, xp.zeros_like(p))
+    if is_lane_array(alpha):
+        alpha = xp.asarray(alpha, dtype=top.dtype, device=top.device)[:, None]
+    # Invalid tokens have p == 0 and a log-prob of 0 here: they add exactly 0, not 0 * -inf.
+    logp = xp.where(valid, top, xp.zeros_like(top))
+    if variant == "transformers":
         total = xp.sum(p, axis=-1, keepdims=True)
-        q = p / total
-        lq = xp.where(valid, lp - xp.log(total), zero)
-        partial = xp.cumulative_sum(-q * lq, axis=-1)
+        p, logp = p / total, xp.where(valid, logp - xp.log(total), logp)
     # Terms are >= 0, so `partial` is non-decreasing and the kept tokens form a prefix.
-    tau = alpha * partial[..., -1:]
-    size = xp.sum(xp.astype(valid & (partial <= tau), xp.int64), axis=-1)
+    partial = xp.cumulative_sum(-p * logp, axis=-1)
+    size = xp.sum(xp.astype(valid & (partial <= alpha * partial[..., -1:]), xp.int64), axis=-1)
     size = xp.maximum(size, xp.ones_like(size))
-    mass = xp.sum(xp.where(pos < size[:, None], p, zero), axis=-1)
-    return TopHKept(size=size, mass=xp.astype(mass, dtype))
+    if variant == "transformers":
+        p = p * total
+    mass = xp.take_along_axis(xp.cumulative_sum(p, axis=-1), (size - 1)[:, None], axis=-1)[:, 0]
+    return TopHKept(size=size, mass=mass)
 
 
 class TopHPolicy(Policy):
