@@ -20,7 +20,6 @@ import numpy as np
 
 from ead_sdk.backend import Backend, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.errors import BackendError
-from ead_sdk.signals import entropy as entropy_of
 
 try:
     import torch
@@ -267,6 +266,11 @@ class TransformersBackend(Backend):
         self._batch = None
 
 
+def entropy_of(logits: Any) -> Any:
+    """Entropy in nats of softmax(logits) per row; masked (-inf) tokens add nothing, NaN stays NaN."""
+    return torch.special.entr(torch.softmax(logits, -1)).sum(-1)
+
+
 def _warpers(sampling: Sampling) -> Any:
     procs = LogitsProcessorList()
     if not sampling.do_sample:
@@ -352,7 +356,7 @@ class _Batch:
         if index is not None:
             logits = logits.index_select(0, index)
         logits = logits.float()
-        h = entropy_of(logits, validate=False)
+        h = entropy_of(logits)
         need_lp = self.request.logprobs is not None or self.request.keep_rows
         lp = torch.log_softmax(logits, -1) if need_lp else None
         token = self._draw(logits, index, position)
@@ -421,7 +425,7 @@ class _Batch:
             logits = logits[self.plen[lane] - 1 :, : owner.vocab_size].float()
             lp = torch.log_softmax(logits, -1)
             tok = torch.from_numpy(gen).to(dev)
-            out.append(_row_record(lp, entropy_of(logits, validate=False), tok, k))
+            out.append(_row_record(lp, entropy_of(logits), tok, k))
         return out
 
 

@@ -315,3 +315,26 @@ def test_bad_input_errors() -> None:
         broken.lm_head.weight[7, 0] = float("nan")
     with pytest.raises(BackendError, match=r"model 1 .* non-finite logits .* lane 0 at generated position 0"):
         generate(TransformersBackend([SMALL, broken]), FixedPolicy(model=1), [[5, 6]], max_new_tokens=3)
+
+
+@settings(max_examples=40)
+@given(
+    rows=st.lists(
+        st.lists(st.one_of(st.floats(-30, 30), st.just(float("-inf"))), min_size=2, max_size=12).filter(
+            lambda r: any(v != float("-inf") for v in r)
+        ),
+        min_size=1,
+        max_size=4,
+    ).filter(lambda rows: len({len(r) for r in rows}) == 1)
+)
+def test_backend_entropy_matches_float64_reference(rows: list[list[float]]) -> None:
+    """The backend's entropy of raw logits equals the float64 reference in ead_sdk.signals,
+    masked (-inf) tokens included, and NaN logits give NaN (the loop's non-finite check)."""
+    from ead_sdk.backends.hf import entropy_of
+
+    x = np.asarray(rows)
+    ref = entropy(x.astype(np.float64))
+    got = entropy_of(torch.tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
+    x[0, 0] = np.nan
+    assert np.isnan(entropy_of(torch.tensor(x, dtype=torch.float32)).numpy()[0])
