@@ -9,7 +9,6 @@ from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
 from ead_sdk.signals import to_nats
-from ead_sdk.state import mask_state
 
 
 class RollingEntropyPolicy(Policy):
@@ -66,32 +65,55 @@ class RollingEntropyPolicy(Policy):
             "threshold": to_nats(threshold, self.params["unit"]),
             "history": xp.zeros((n, wmax), dtype=fdt, **kw),
             "count": xp.zeros((n,), dtype=xp.int64, **kw),
+            "slot": xp.zeros((n,), dtype=xp.int64, **kw),
+            "total": xp.zeros((n,), dtype=fdt, **kw),
             "current": xp.full((n,), self.initial_model, dtype=xp.int64, **kw),
             "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
         }
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
+        # O(lanes) per step: a ring buffer (``slot`` is where the next entropy goes) and a
+        # running window sum ``total``; only the entry leaving the window is read back.
         xp = namespace(state["history"])
-        history = state["history"]
+        history, count, slot, window = state["history"], state["count"], state["slot"], state["window"]
         wmax = history.shape[1]
+        live = step.live
         e = xp.astype(step.entropy, history.dtype)
-        count = state["count"]
-        slot = xp.arange(wmax, device=history.device)[None, :]
-        ptr = count % wmax
-        history = xp.where(slot == ptr[:, None], e[:, None], history)
-        count = count + 1
-        # Slots younger than min(window, count) hold the tokens in the window.
-        age = (ptr[:, None] - slot) % wmax
-        k = xp.minimum(state["window"], count)
-        inside = age < k[:, None]
-        mean = xp.sum(xp.where(inside, history, xp.zeros_like(history)), axis=1) / xp.astype(k, history.dtype)
-        target = xp.sum(xp.astype(mean[:, None] > state["threshold"], xp.int64), axis=1)
+        gone = slot - window
+        gone = gone + wmax * xp.astype(gone < 0, gone.dtype)
+        leaving = xp.take_along_axis(history, gone[:, None], axis=1)[:, 0]
+        leaving = leaving * xp.astype(count >= window, history.dtype)
+        total = xp.where(live, state["total"] + e - leaving, state["total"])
+        lanes = xp.arange(history.shape[0], device=history.device)
+        history = xp.asarray(history, copy=True)
+        history[lanes, slot] = xp.where(live, e, history[lanes, slot])
+        step_on = xp.astype(live, count.dtype)
+        count = count + step_on
+        nxt = slot + step_on
+        slot = nxt * xp.astype(nxt != wmax, nxt.dtype)
+        k = xp.minimum(window, count)
+        k = k + xp.astype(k == 0, k.dtype)  # lanes that never stepped: any divisor will do
+        mean = total / xp.astype(k, history.dtype)
+        threshold = state["threshold"]
+        if threshold.shape[1] == 1:
+            target = xp.astype(mean > threshold[:, 0], xp.int64)
+        else:
+            target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
 
         model = xp.astype(step.model, xp.int64)
-        dwell = xp.where(model == state["current"], state["dwell"] + 1, xp.ones_like(state["dwell"]))
+        same = xp.astype(model == state["current"], xp.int64)
+        dwell = same * state["dwell"] + 1
         routes = xp.where(dwell < state["min_dwell"], model, target)
-        new = dict(state, history=history, count=count, current=model, dwell=dwell)
-        return xp.where(step.live, routes, model), mask_state(step.live, new, state)
+        new = dict(
+            state,
+            history=history,
+            count=count,
+            slot=slot,
+            total=total,
+            current=xp.where(live, model, state["current"]),
+            dwell=xp.where(live, dwell, state["dwell"]),
+        )
+        return xp.where(live, routes, model), new
 
 
 @hookimpl
