@@ -19,7 +19,9 @@ import numpy as np
 from ead_sdk.cost import CostLedger
 
 
-def fill_ledger(ledger: CostLedger, computed: np.ndarray, emitted: np.ndarray, lengths: np.ndarray) -> None:
+def fill_ledger(
+    ledger: CostLedger, computed: np.ndarray, emitted: np.ndarray, lengths: np.ndarray, chunk: int = 32
+) -> None:
     """Record a replay's forwards in ``ledger`` (fresh, lanes = columns of ``computed``).
 
     Args:
@@ -27,43 +29,53 @@ def fill_ledger(ledger: CostLedger, computed: np.ndarray, emitted: np.ndarray, l
         computed: int8 ``(T, lanes)`` model shown to the policy at each position (-1: past the end).
         emitted: int8 ``(T, lanes)`` model that emitted each position (-1: past the end).
         lengths: ``(lanes,)`` generated tokens per lane.
+        chunk: positions per block (blocks of rows stay in cache).
     """
     n, m_count = ledger.n, ledger.num_models
     t_max = computed.shape[0]
-    retried = computed != emitted  # False past the end, where both are -1
-    any_retry = bool(retried.any())
-    for m in range(m_count):
-        shown = computed == m
-        emits = emitted == m
-        shown_n = np.count_nonzero(shown, axis=0)
-        emitted_n = np.count_nonzero(emits, axis=0)
-        if any_retry:
-            reemit = emits & retried
-            wasted_n = np.count_nonzero(shown & retried, axis=0)
-            steps_n = shown_n + np.count_nonzero(reemit, axis=0)
-            touched = shown | reemit
-        else:
-            wasted_n = np.zeros(n, np.int64)
-            steps_n = shown_n
+    shown_n = np.zeros((m_count, n), np.int64)
+    emitted_n = np.zeros((m_count, n), np.int64)
+    wasted_n = np.zeros((m_count, n), np.int64)
+    reemit_n = np.zeros((m_count, n), np.int64)
+    last = np.full((m_count, n), -1, np.int64)
+    switches = np.zeros(n, np.int64)
+    for t0 in range(0, t_max, chunk):
+        c = computed[t0 : t0 + chunk]
+        e = emitted[t0 : t0 + chunk]
+        retried = c != e  # False past the end, where both are -1
+        any_retry = bool(retried.any())
+        for m in range(m_count):
+            shown = c == m
+            emits = e == m
+            shown_n[m] += shown.sum(0, dtype=np.int64)
+            emitted_n[m] += emits.sum(0, dtype=np.int64)
             touched = shown
-        used = steps_n > 0
-        # last position computed: the largest t with touched[t]; -1 when never.
-        last = np.where(used, t_max - 1 - np.argmax(touched[::-1], axis=0), -1)
-        ledger.steps[:, m] = steps_n
-        ledger.wasted[:, m] = wasted_n
-        ledger.emitted[:, m] = emitted_n
-        ledger.consumed[:, m] = last + 1
-        ledger.catchup[:, m] = np.where(used, last + 1 - steps_n, 0)
-        ledger.used[:, m] = used
-        ledger.prefill[:, m] = np.where(used, np.maximum(ledger.prompt_lengths - 1, 0), 0)
+            if any_retry:
+                reemit = emits & retried
+                wasted_n[m] += (shown & retried).sum(0, dtype=np.int64)
+                reemit_n[m] += reemit.sum(0, dtype=np.int64)
+                touched = shown | reemit
+            # last position computed so far: the latest row of this block that touched m.
+            hit = touched.any(0)
+            if hit.any():
+                rows = touched.shape[0] - 1 - np.argmax(touched[::-1], axis=0)
+                last[m] = np.where(hit, t0 + rows, last[m])
+        prev = emitted[t0 - 1 : t0 - 1 + e.shape[0] + 1] if t0 > 0 else e
+        change = (prev[1:] != prev[:-1]) & (prev[1:] >= 0)
+        switches += change.sum(0, dtype=np.int64)
+    steps_n = shown_n + reemit_n
+    used = steps_n > 0
+    ledger.steps[:] = steps_n.T
+    ledger.wasted[:] = wasted_n.T
+    ledger.emitted[:] = emitted_n.T
+    ledger.consumed[:] = (last + 1).T
+    ledger.catchup[:] = np.where(used, last + 1 - steps_n, 0).T
+    ledger.used[:] = used.T
+    ledger.prefill[:] = np.where(used, np.maximum(ledger.prompt_lengths - 1, 0)[None, :], 0).T
+    ledger.switches[:] = switches
     lengths = np.asarray(lengths, np.int64)
-    if t_max > 1:
-        change = (emitted[1:] != emitted[:-1]) & (emitted[1:] >= 0)
-        ledger.switches[:] = np.count_nonzero(change, axis=0)
-    has = lengths > 0
-    last_tok = np.maximum(lengths - 1, 0)
     if t_max:
-        ledger.last[:] = np.where(has, emitted[last_tok, np.arange(n)], -1)
+        ledger.last[:] = np.where(lengths > 0, emitted[np.maximum(lengths - 1, 0), np.arange(n)], -1)
 
 
 def fill_ledger_stepwise(ledger: CostLedger, computed: np.ndarray, emitted: np.ndarray) -> None:

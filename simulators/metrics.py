@@ -21,22 +21,26 @@ if TYPE_CHECKING:
     from ead_sdk.simulators.replay import ReplayData, ReplayResult
 
 
-def _by_emitter(emitted: np.ndarray, per_seq: np.ndarray, seq: np.ndarray, num_models: int) -> np.ndarray:
+def _by_emitter(
+    emitted: np.ndarray, per_seq: np.ndarray, seq: np.ndarray, num_models: int, chunk: int = 32
+) -> np.ndarray:
     """Sum over positions of ``per_seq[t, seq[lane], emitted[t, lane]]`` for each lane."""
     n = seq.shape[0]
     n_seq = per_seq.shape[1]
     tiles = n // n_seq if n_seq and n % n_seq == 0 else 0
     tiled = tiles > 0 and np.array_equal(seq, np.tile(np.arange(n_seq), tiles))
     total = np.zeros(n, np.float64)
-    for m in range(num_models):
-        values = per_seq[:, :, m]
-        hit = emitted == m
-        if tiled:  # lanes are configuration-major tiles of the sequences: broadcast, no gather
-            t = emitted.shape[0]
-            contrib = np.where(hit.reshape(t, tiles, n_seq), values[:, None, :], 0).sum(0, dtype=np.float64)
-            total += contrib.reshape(n)
-        else:
-            total += np.where(hit, np.take(values, seq, axis=1), 0).sum(0, dtype=np.float64)
+    for t0 in range(0, emitted.shape[0], chunk):
+        e = emitted[t0 : t0 + chunk]
+        rows = e.shape[0]
+        for m in range(num_models):
+            values = per_seq[t0 : t0 + chunk, :, m].astype(np.float32)
+            hit = e == m
+            if tiled:  # lanes are configuration-major tiles of the sequences: broadcast, no gather
+                part = (hit.reshape(rows, tiles, n_seq) * values[:, None, :]).sum(0, dtype=np.float64)
+                total += part.reshape(n)
+            else:
+                total += (hit * np.take(values, seq, axis=1)).sum(0, dtype=np.float64)
     return total
 
 
