@@ -6,17 +6,28 @@ fixed path: it says which model would have emitted each token and at what cost.
 
 from __future__ import annotations
 
+from ead_sdk.simulators.calibrate import CalibrationResult, calibrate
+from ead_sdk.simulators.ledger import fill_ledger, fill_ledger_stepwise
 from ead_sdk.simulators.metrics import aggregate, lane_metrics, pgr, routellm_summary
 from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
+from ead_sdk.simulators.sweep import SweepResult, expand_grid, pareto_frontier, sweep
 from ead_sdk.simulators.synthetic import synthetic_traces
 
 __all__ = [
+    "CalibrationResult",
     "ReplayData",
     "ReplayResult",
+    "SweepResult",
     "aggregate",
+    "calibrate",
+    "expand_grid",
+    "fill_ledger",
+    "fill_ledger_stepwise",
     "lane_metrics",
+    "pareto_frontier",
     "pgr",
     "replay",
     "routellm_summary",
+    "sweep",
     "synthetic_traces",
 ]

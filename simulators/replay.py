@@ -212,6 +212,8 @@ def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> 
     idx = np.empty(n, np.int64)
     k = int(data.meta.k)
     vocab = int(data.meta.vocab_size)
+    # Look-ahead is for replay-only (oracle) policies; a live-capable policy never reads it.
+    disagree = data.disagree if getattr(policy, "replay_only", False) else None
     for t in range(t_max):
         live = lengths > t
         np.add(base, model, out=idx)
@@ -220,7 +222,7 @@ def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> 
         if with_topk:
             logprobs = data.top_logprobs[t].reshape(-1, k).take(idx, axis=0)
             token_ids = data.top_ids[t].reshape(-1, k).take(idx, axis=0)
-        future = None if data.disagree is None else {"disagree": data.disagree[t].take(seq)}
+        future = None if disagree is None else {"disagree": disagree[t].take(seq)}
         step = Step(
             entropy=entropy,
             model=model,

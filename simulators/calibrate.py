@@ -1,0 +1,160 @@
+"""Calibration: the parameter value that hits a target large-model share or cost ratio.
+
+RouteLLM calibrates a router's threshold with a quantile of its scores on the user's data, which
+is exact only for a memoryless rule. A stateful policy (a rolling window, hysteresis, a dwell)
+routes each token on its history, so here the target is searched with replay itself: each round
+replays a grid of candidate values as lanes of one batched run on the calibration split and
+narrows to the bracket where the metric crosses the target. The chosen value is then replayed on
+the held-out split, whose achieved share says how well the calibration transfers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ead_sdk.simulators.replay import ReplayData, replay
+from ead_sdk.simulators.sweep import lane_policy
+
+from ead_sdk.cost import CostModel
+from ead_sdk.errors import ParameterError
+from ead_sdk.interface import Policy
+from ead_sdk.traces.traceset import TraceSet
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The calibrated value and how it does on both splits.
+
+    Attributes:
+        parameter: the calibrated parameter.
+        value: its chosen value.
+        metric: ``"large_share"`` or ``"cost_ratio"``.
+        target: the requested value of the metric.
+        calibration: the metric on the calibration split at ``value``.
+        held_out: the metric on the held-out split at ``value`` (``nan`` without a held-out split).
+        policy: the policy configured with ``value``.
+        evaluations: candidate values replayed in all.
+        sequences: ``(calibration, held_out)`` sequence counts.
+    """
+
+    parameter: str
+    value: float
+    metric: str
+    target: float
+    calibration: float
+    held_out: float
+    policy: Policy
+    evaluations: int
+    sequences: tuple[int, int]
+
+
+def _metric(result, metric: str, lanes: np.ndarray) -> float:
+    report = result.report(lanes)
+    return float(report.large_share if metric == "large_share" else report.cost_ratio)
+
+
+def calibrate(
+    traces: TraceSet,
+    policy: Policy,
+    parameter: str,
+    *,
+    target_large_share: float | None = None,
+    target_cost_ratio: float | None = None,
+    held_out: float = 0.5,
+    seed: int = 0,
+    bounds: tuple[float, float] | None = None,
+    points: int = 16,
+    rounds: int = 4,
+    cost_model: CostModel | None = None,
+) -> CalibrationResult:
+    """Pick ``parameter`` of ``policy`` so that replay on a calibration split hits the target.
+
+    Args:
+        traces: the trace; a random ``held_out`` share of its sequences is kept for checking.
+        policy: the policy to calibrate (its other parameters, escalation and initial model
+            are kept).
+        parameter: a numeric parameter along which the metric is monotone (e.g. a threshold).
+        target_large_share: the wanted share of tokens from the largest model, or
+        target_cost_ratio: the wanted cost relative to the largest model alone.
+        held_out: share of sequences held out (0: calibrate on everything, report ``nan``).
+        seed: the split's seed.
+        bounds: the search interval (default: the parameter's declared bounds; an open upper
+            bound is found by doubling).
+        points: candidate values replayed per round (one batched run each).
+        rounds: refinement rounds (integer parameters stop once the bracket is adjacent).
+        cost_model: per-model costs (default: the trace's parameter counts).
+
+    Returns:
+        A `CalibrationResult`.
+    """
+    if (target_large_share is None) == (target_cost_ratio is None):
+        raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
+    metric = "large_share" if target_large_share is not None else "cost_ratio"
+    target = float(target_large_share if target_large_share is not None else target_cost_ratio)
+    declared = {p.name: p for p in type(policy).parameters}
+    if parameter not in declared or declared[parameter].kind not in ("float", "int"):
+        raise ParameterError(f"policy {policy.name!r}: {parameter!r} is not a numeric parameter")
+    decl = declared[parameter]
+    if held_out > 0:
+        held, calib = traces.split(held_out, seed)
+    else:
+        held, calib = None, traces
+    data = ReplayData.from_traces(calib)
+    n = data.num_sequences
+    base = {k: v for k, v in policy.params.items() if k != parameter}
+    options = {"escalation": policy.escalation, "initial_model": policy.initial_model}
+    evaluations = 0
+
+    def evaluate(values: np.ndarray) -> np.ndarray:
+        nonlocal evaluations
+        configs = [{**base, parameter: (int(v) if decl.kind == "int" else float(v))} for v in values]
+        pol = lane_policy(policy.name, configs, n, **options)
+        result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(values)))
+        evaluations += len(values)
+        return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(values))])
+
+    lo, hi = bounds if bounds is not None else (decl.low if decl.low is not None else 0.0, decl.high)
+    if hi is None:  # an open upper bound: double until the metric is on the other side
+        hi = max(1.0, 2.0 * abs(lo))
+        m_lo = evaluate(np.array([lo]))[0]
+        for _ in range(40):
+            if (evaluate(np.array([hi]))[0] - target) * (m_lo - target) <= 0:
+                break
+            hi *= 2.0
+    best_value, best_gap, best_metric = lo, np.inf, np.nan
+    for _ in range(rounds):
+        if decl.kind == "int":
+            values = np.unique(np.round(np.linspace(lo, hi, points)).astype(np.int64))
+        else:
+            values = np.linspace(lo, hi, points)
+        got = evaluate(values)
+        gap = np.abs(got - target)
+        i = int(np.argmin(gap))
+        if gap[i] < best_gap:
+            best_value, best_gap, best_metric = values[i], gap[i], got[i]
+        side = np.sign(got - target)
+        cross = np.flatnonzero(side[:-1] * side[1:] <= 0)
+        if cross.size == 0 or (decl.kind == "int" and values.size <= 2):
+            break
+        j = int(cross[0])
+        lo, hi = float(values[j]), float(values[j + 1])
+        if decl.kind == "int" and hi - lo <= 1:
+            break
+    value: Any = int(best_value) if decl.kind == "int" else float(best_value)
+    chosen = type(policy)(**options, **{**dict(policy.params), parameter: value})
+    held_metric = float("nan")
+    if held is not None and len(held):
+        held_metric = _metric(replay(held, chosen, cost_model=cost_model), metric, None)
+    return CalibrationResult(
+        parameter=parameter,
+        value=value,
+        metric=metric,
+        target=target,
+        calibration=float(best_metric),
+        held_out=held_metric,
+        policy=chosen,
+        evaluations=evaluations,
+        sequences=(len(calib), 0 if held is None else len(held)),
+    )
