@@ -79,7 +79,8 @@ class TransformersBackend(Backend):
             ``local_files_only=True``), smallest first.
         tokenizer: the shared tokenizer, a list of one per model (checked to be the same), or
             ``None`` (loaded from the paths when there are any; else prompts must be token ids).
-        device: where to run (default: CUDA when present, else CPU). Models are moved there.
+        device: where to run (default: CUDA when present, else CPU). Model objects are moved
+            (and cast, with ``dtype``) in place, as `torch.nn.Module.to` does.
         dtype: a torch dtype to cast the models to (default: keep theirs).
         names: a name per model (default: its ``name_or_path`` or class name).
         trust_remote_code: passed to ``from_pretrained`` for paths; off unless asked.
@@ -104,6 +105,10 @@ class TransformersBackend(Backend):
     ):
         if isinstance(models, (str, bytes)) or not isinstance(models, Sequence) or len(models) == 0:
             raise BackendError("TransformersBackend needs a list of models (objects or local paths), smallest first")
+        if isinstance(dtype, str):
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise BackendError(f"dtype {dtype!r} is not a torch dtype")
+            dtype = getattr(torch, dtype)
         self._device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         tokenizers = list(tokenizer) if isinstance(tokenizer, (list, tuple)) else [tokenizer]
         loaded = []
