@@ -155,3 +155,20 @@ def test_conforms():
         lane_variants=[{"alpha": 0.3}, {"top_n": 4, "max_kept": 2}, {"min_mass": 0.9}],
     )
     check_policy(TopHPolicy, params={"variant": "transformers", "alpha": 1.0, "top_n": 5})
+
+
+def test_per_lane_parameters_decide_without_host_sync():
+    """Per-lane alpha and top_n on torch: no host synchronisation inside decide."""
+    torch = pytest.importorskip("torch")
+    from ead_sdk.integrations.host_sync import forbid_host_sync
+
+    policy = TopHPolicy(alpha=np.array([0.3, 0.9, 1.0]), top_n=np.array([5, 100, 20]))
+    state = policy.init_state(3, torch)
+    logprobs = torch.sort(torch.log_softmax(torch.randn(3, 64), -1), dim=-1, descending=True).values
+    zeros = torch.zeros(3, dtype=torch.int64)
+    step = Step(
+        entropy=torch.ones(3), model=zeros, index=zeros, live=torch.ones(3, dtype=torch.bool), logprobs=logprobs
+    )
+    with forbid_host_sync():
+        routes, _ = policy.decide(state, step)
+    assert routes.shape == (3,)
