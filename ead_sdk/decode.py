@@ -8,6 +8,7 @@ same code runs two transformers models on a GPU and a recorded trace on numpy.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,18 +88,18 @@ class DecodeStream:
     recorder had received so far stays readable.
     """
 
-    def __init__(self, run: Iterator[list[TokenEvent]], box: dict[str, Any]):
+    def __init__(self, run: Iterator[list[TokenEvent] | None], box: dict[str, Any]):
         self._run = run
         self._box = box
-        self._pending: list[TokenEvent] = []
+        self._pending: deque[TokenEvent] = deque()
 
     def __iter__(self) -> Iterator[TokenEvent]:
         return self
 
     def __next__(self) -> TokenEvent:
         while not self._pending:
-            self._pending = list(next(self._run))
-        return self._pending.pop(0)
+            self._pending.extend(next(self._run) or ())
+        return self._pending.popleft()
 
     def result(self) -> GenerateResult:
         """The `GenerateResult`, after running the loop to its end."""
@@ -151,7 +152,8 @@ def generate(
         BackendError: empty or malformed prompts, non-finite logits (naming model and lane).
         ModelCountError: a policy that cannot route over the backend's models.
     """
-    return stream(
+    return _start(
+        False,
         backend,
         policy,
         prompts,
@@ -182,6 +184,35 @@ def stream(
 
     Arguments are checked now; decoding starts with the first ``next``.
     """
+    return _start(
+        True,
+        backend,
+        policy,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        stop=stop,
+        logprobs=logprobs,
+        cost_model=cost_model,
+        record=record,
+        record_k=record_k,
+    )
+
+
+def _start(
+    events: bool,
+    backend: Backend,
+    policy: Policy,
+    prompts: Sequence[Sequence[int] | str] | None,
+    *,
+    max_new_tokens: int | None,
+    sampling: Sampling | None,
+    stop: Sequence[str | int],
+    logprobs: LogprobRequest,
+    cost_model: CostModel | None,
+    record: Any,
+    record_k: int,
+) -> DecodeStream:
     if not isinstance(policy, Policy):
         raise EadError(f"policy must be an ead_sdk.Policy, got {type(policy).__name__}")
     if getattr(policy, "replay_only", False):
@@ -207,7 +238,7 @@ def stream(
 
         recorder = LiveRecorder.open(record, backend, policy, request, k=record_k)
     box: dict[str, Any] = {}
-    return DecodeStream(_run(backend, policy, request, cost_model, recorder, box), box)
+    return DecodeStream(_run(backend, policy, request, cost_model, recorder, box, events), box)
 
 
 # -- argument checks ----------------------------------------------------------------------
@@ -299,7 +330,8 @@ def _run(
     cost_model: CostModel,
     recorder: Any,
     box: dict[str, Any],
-) -> Iterator[list[TokenEvent]]:
+    events: bool,
+) -> Iterator[list[TokenEvent] | None]:
     n, num_models = request.n, backend.num_models
     xp, device = as_namespace(backend.xp), backend.device
     kw = {"device": device} if device is not None else {}
@@ -399,7 +431,15 @@ def _run(
             if recorder is not None and done.any():
                 recorder.lanes_done(active[done], tokens, emitters, length)
             routes[active] = host_routes[active]
-            yield [TokenEvent(int(i), int(host_tokens[i]), int(emitter[i]), t) for i in active.tolist()]
+            if events:
+                yield [
+                    TokenEvent(i, tok, m, t)
+                    for i, tok, m in zip(
+                        active.tolist(), host_tokens[active].tolist(), emitter[active].tolist(), strict=True
+                    )
+                ]
+            else:
+                yield None
         lanes_out = []
         for i in range(n):
             gen = tokens[i, : length[i]]
