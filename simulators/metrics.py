@@ -113,9 +113,10 @@ def routellm_summary(
 ) -> dict[str, float]:
     """RouteLLM-style summary of quality versus large-model share.
 
-    The curve is the best quality reachable at each large-model share or less, through the
-    measured ``(large_share, quality)`` points and the two single-model runs ``(0, q_small)``
-    and ``(1, q_large)``, linear between points.
+    The curve runs through the Pareto-optimal points among the measured ``(large_share,
+    quality)`` points and the two single-model runs ``(0, q_small)`` and ``(1, q_large)``, linear
+    between them (what randomly mixing two neighbouring configurations achieves), flat after the
+    best one.
 
     Returns:
         ``apgr``: area under the performance-gap-recovered curve over share in [0, 1] (0.5 is
@@ -123,9 +124,16 @@ def routellm_summary(
         ``share_for_80pct_gap``: the smallest share whose curve reaches 50% / 80% of the gap
         (``nan`` when the gap is zero).
     """
-    pts = sorted([(0.0, q_small), *[(float(s), float(q)) for s, q in points], (1.0, q_large)])
-    xs = np.array([p[0] for p in pts])
-    ys = np.maximum.accumulate(np.array([p[1] for p in pts]))
+    pts = [(0.0, q_small), *[(float(s), float(q)) for s, q in points], (1.0, q_large)]
+    pts.sort(key=lambda p: (p[0], -p[1]))
+    front: list[tuple[float, float]] = []
+    for x, y in pts:  # the Pareto frontier: each kept point is strictly better than all cheaper ones
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    if front[-1][0] < 1.0:
+        front.append((1.0, front[-1][1]))
+    xs = np.array([p[0] for p in front])
+    ys = np.array([p[1] for p in front])
     gap = q_large - q_small
     if gap <= 0:
         return {"apgr": float("nan"), "share_for_50pct_gap": float("nan"), "share_for_80pct_gap": float("nan")}
