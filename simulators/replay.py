@@ -24,9 +24,8 @@ from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import EadError, ModelCountError, TraceError
 from ead_sdk.interface import Policy, Step
+from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
-
-REPLAY_COLUMNS = ("token_ids", "entropy", "token_logprob", "top_ids", "top_logprobs", "prompt_ids", "correct")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,8 @@ class ReplayData:
     agree: np.ndarray | None
 
     @property
-    def meta(self):
+    def meta(self) -> TraceMeta:
+        """The trace metadata."""
         return self.flat.meta
 
     @property
