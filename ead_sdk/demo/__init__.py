@@ -1,0 +1,60 @@
+"""The embedded demo: a real, tiny, byte-level model pair that needs no download.
+
+* :mod:`ead_sdk.demo.task` -- the task (complete held-out lines of the Python standard
+  library's own source), its training stream, held-out prompts and per-prompt scores.
+* :mod:`ead_sdk.demo.tokenizer` -- the shared byte-level tokenizer (Hugging Face format).
+* :mod:`ead_sdk.demo.train` -- the deterministic CPU training script that produced the weights::
+
+      python -m ead_sdk.demo.train            # writes ead_sdk/demo/weights/{small,large,tokenizer}
+
+* :mod:`ead_sdk.demo.evaluate_pair` -- measures the pair on the held-out set and writes
+  ``weights/results.json``::
+
+      python -m ead_sdk.demo.evaluate_pair
+
+The committed weights: ``weights/small`` and ``weights/large`` (``config.json`` +
+``model.safetensors`` + the shared tokenizer files), loadable offline with
+``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)`` and
+``AutoTokenizer.from_pretrained(path, local_files_only=True)``.
+
+Importing this package imports neither ``torch`` nor ``transformers``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["demo_dir", "weights_dir", "small_model_dir", "large_model_dir", "tokenizer_dir",
+           "results_path", "model_dirs"]
+
+
+def demo_dir() -> Path:
+    """This package's directory."""
+    return Path(__file__).resolve().parent
+
+
+def weights_dir() -> Path:
+    """The directory of the committed demo weights."""
+    return demo_dir() / "weights"
+
+
+def small_model_dir() -> Path:
+    return weights_dir() / "small"
+
+
+def large_model_dir() -> Path:
+    return weights_dir() / "large"
+
+
+def tokenizer_dir() -> Path:
+    """The shared tokenizer (the same files are also inside each model directory)."""
+    return weights_dir() / "tokenizer"
+
+
+def results_path() -> Path:
+    return weights_dir() / "results.json"
+
+
+def model_dirs() -> list[Path]:
+    """The pair, smallest first (route index 0 = small, 1 = large)."""
+    return [small_model_dir(), large_model_dir()]
