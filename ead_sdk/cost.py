@@ -173,6 +173,6 @@ class CostLedger:
             switches=int(self.switches[sel].sum()),
             large_share=float(emitted[-1] / tokens) if tokens else 0.0,
             cost=cost,
-            cost_ratio=cost / (costs[-1] * tokens) if tokens else 0.0,
+            cost_ratio=float(cost / (costs[-1] * tokens)) if tokens else 0.0,
             unit=cost_model.unit,
         )

@@ -207,10 +207,9 @@ def lane_value(value: Any, n: int, xp: Any, *, kind: Kind, device: Any = None, n
         if value.shape[0] != n:
             raise ParameterError(f"per-lane parameter {name!r} has {value.shape[0]} values for {n} lanes")
         if not (is_torch(value) and "torch" in xp.__name__):
-            value = to_numpy(value)
+            value = np.array(to_numpy(value))  # a writable copy: torch refuses read-only buffers
         return _asarray(xp, value, dtype, device)
-    host = np.asarray(value)
-    host = np.ascontiguousarray(np.broadcast_to(host, (n, *host.shape)))
+    host = np.array(np.broadcast_to(np.asarray(value), (n, *np.shape(value))))  # writable copy
     return _asarray(xp, host, dtype, device)
 
 

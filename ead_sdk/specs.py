@@ -79,11 +79,9 @@ def load_policy(
     params = {k: _from_json(v) for k, v in params.items()}
     if version != cls.version:
         params = cls.upgrade_params(version, dict(params))
-    return cls(
-        escalation=spec.get("escalation", "next"),
-        initial_model=spec.get("initial_model", 0),
-        **params,
-    )
+    # initial_model is passed only when the spec names it: a policy may have its own default.
+    extra = {"initial_model": spec["initial_model"]} if "initial_model" in spec else {}
+    return cls(escalation=spec.get("escalation", "next"), **extra, **params)
 
 
 def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:

@@ -138,3 +138,10 @@ def test_ladder_routes_count_exceeded_thresholds():
     step = ead_sdk.Step(entropy=np.array([0.5, 1.5, 2.5]), model=np.zeros(3, np.int64), index=np.zeros(3, np.int64), live=np.ones(3, bool))
     routes, _ = policy.decide(state, step)
     assert routes.tolist() == [0, 1, 2]
+
+
+def test_fixed_policy_starts_on_its_own_model_unless_the_spec_says_otherwise():
+    assert load_policy({"policy": "fixed", "params": {"model": 1}}).initial_model == 1
+    assert load_policy({"policy": "fixed", "params": {"model": 1}, "initial_model": 0}).initial_model == 0
+    policy = load_policy({"policy": "fixed", "params": {"model": 1}})
+    assert load_policy(policy.spec()).spec() == policy.spec()
