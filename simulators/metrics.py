@@ -67,39 +67,14 @@ def lane_metrics(result: ReplayResult, data: ReplayData) -> dict[str, np.ndarray
 
 
 def aggregate(result: ReplayResult, lanes: np.ndarray | None = None) -> dict[str, Any]:
-    """Aggregate metrics over ``lanes``: token-weighted shares, totals, and per-sequence means."""
-    sel = np.arange(result.lanes) if lanes is None else np.asarray(lanes)
-    report = result.report(sel)
-    met = result.metrics
-    tokens = max(report.tokens, 1)
-    out: dict[str, Any] = {
-        "sequences": int(sel.shape[0]),
-        "tokens": report.tokens,
-        "large_share": report.large_share,
-        "cost_ratio": report.cost_ratio,
-        "switches": report.switches,
-        "switches_per_1k_tokens": 1000.0 * report.switches / tokens,
-        "wasted": int(sum(report.wasted)),
-    }
-    if "agreement_count" in met:
-        out["agreement"] = float(met["agreement_count"][sel].sum() / tokens)
-    if "loglik" in met:
-        out["loglik"] = float(met["loglik"][sel].sum())
-        out["loglik_per_token"] = float(met["loglik"][sel].sum() / tokens)
-    if "quality" in met:
-        lab = met["labelled"][sel] & (met["tokens"][sel] > 0)
-        if lab.any():
-            seq = result.lane_sequence[sel][lab]
-            correct = result.correct
-            out["quality"] = float(np.mean(met["quality"][sel][lab]))
-            out["quality_small"] = float(np.mean(correct[seq, 0]))
-            out["quality_large"] = float(np.mean(correct[seq, -1]))
-            out.update(
-                routellm_summary(
-                    [(out["large_share"], out["quality"])], out["quality_small"], out["quality_large"]
-                )
-            )
-    return out
+    """Aggregate metrics over ``lanes``: token-weighted shares, totals, and per-sequence means.
+
+    Computed by `Totals.summary` from the lanes' summed counters, the same function the
+    streamed and Ray engines use, so every engine gives identical figures.
+    """
+    from ead_sdk.simulators.totals import Totals
+
+    return Totals.of_lanes(result, lanes).summary(result.cost_model)
 
 
 def pgr(quality: float, q_small: float, q_large: float) -> float:

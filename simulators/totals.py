@@ -1,0 +1,282 @@
+"""Mergeable totals of replayed lanes: the one place a summary's figures are computed.
+
+A summary (`aggregate`, a sweep row) is a function of sums over sequences: integer forward
+counters, integer agreement counts, and float sums (log-likelihood, per-sequence quality). The
+integers add exactly in any order; the float sums are kept as exact Shewchuk partials (`msum`)
+and rounded once with `math.fsum`, so totals built from any split of the sequences into batches
+(one process or many Ray workers) and merged in any order give bit-identical figures. Ratios
+are computed once, from the merged totals, by `Totals.summary`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.errors import EadError
+
+if TYPE_CHECKING:
+    from ead_sdk.simulators.replay import ReplayResult
+
+_COUNTERS = ("emitted", "steps", "catchup", "wasted", "prefill")
+
+
+def msum(values: Iterable[float], partials: list[float] | None = None) -> list[float]:
+    """Exact running sum: non-overlapping partials whose exact sum is the sum of ``values``.
+
+    Shewchuk's algorithm (the one behind `math.fsum`); ``math.fsum(partials)`` is the correctly
+    rounded total, and the partials of two sets concatenated are exact partials of their union.
+    """
+    out = [] if partials is None else partials
+    for x in values:
+        i = 0
+        for y in out:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                out[i] = lo
+                i += 1
+            x = hi
+        out[i:] = [x]
+    return out
+
+
+@dataclass
+class Totals:
+    """Sums over a set of lanes (sequences under one configuration), mergeable exactly.
+
+    Attributes:
+        num_models: models in the trace.
+        sequences: lanes summed.
+        emitted, steps, catchup, wasted, prefill: int64 ``(M,)`` summed `CostLedger` counters.
+        switches: summed emitter changes.
+        agreement: summed agreement counts (``None`` when the trace has no top-k).
+        loglik: exact partials of the summed log-likelihood (``None`` without ``token_logprob``).
+        has_labels: the trace carries a ``correct`` column.
+        labelled: lanes with labels and at least one token (the quality mean's denominator).
+        quality: exact partials of those lanes' quality values.
+        correct_small, correct_large: those lanes' single-model runs that were correct.
+    """
+
+    num_models: int
+    sequences: int = 0
+    emitted: np.ndarray = field(default=None)  # type: ignore[assignment]
+    steps: np.ndarray = field(default=None)  # type: ignore[assignment]
+    catchup: np.ndarray = field(default=None)  # type: ignore[assignment]
+    wasted: np.ndarray = field(default=None)  # type: ignore[assignment]
+    prefill: np.ndarray = field(default=None)  # type: ignore[assignment]
+    switches: int = 0
+    agreement: int | None = None
+    loglik: list[float] | None = None
+    has_labels: bool = False
+    labelled: int = 0
+    quality: list[float] = field(default_factory=list)
+    correct_small: int = 0
+    correct_large: int = 0
+
+    def __post_init__(self) -> None:
+        for name in _COUNTERS:
+            value = getattr(self, name)
+            arr = np.zeros(self.num_models, np.int64) if value is None else np.asarray(value, np.int64)
+            if arr.shape != (self.num_models,):
+                raise EadError(f"totals: {name} has shape {arr.shape}, expected ({self.num_models},)")
+            setattr(self, name, arr)
+
+    @classmethod
+    def of_lanes(cls, result: ReplayResult, lanes: np.ndarray | None = None) -> Totals:
+        """The totals of ``lanes`` (all by default) of a local replay."""
+        sel = np.arange(result.lanes) if lanes is None else np.asarray(lanes, np.int64)
+        ledger, met = result.ledger, result.metrics
+        out = cls(
+            num_models=result.num_models,
+            sequences=int(sel.shape[0]),
+            switches=int(ledger.switches[sel].sum()),
+            **{name: getattr(ledger, name)[sel].sum(0) for name in _COUNTERS},
+        )
+        if "agreement_count" in met:
+            out.agreement = int(met["agreement_count"][sel].sum())
+        if "loglik" in met:
+            out.loglik = msum(met["loglik"][sel].tolist())
+        if "quality" in met:
+            out.has_labels = True
+            lab = met["labelled"][sel] & (met["tokens"][sel] > 0)
+            seq = result.lane_sequence[sel][lab]
+            out.labelled = int(lab.sum())
+            out.quality = msum(met["quality"][sel][lab].tolist())
+            out.correct_small = int(result.correct[seq, 0].sum())
+            out.correct_large = int(result.correct[seq, -1].sum())
+        return out
+
+    def merge(self, other: Totals) -> Totals:
+        """Add ``other`` into these totals (exactly; the order of merges does not matter)."""
+        if other.num_models != self.num_models:
+            raise EadError(f"cannot merge totals of {other.num_models} and {self.num_models} models")
+        self.sequences += other.sequences
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.switches += other.switches
+        # Every batch of one trace has the same columns, so a figure is absent from all or none.
+        if self.agreement is not None or other.agreement is not None:
+            self.agreement = (self.agreement or 0) + (other.agreement or 0)
+        if self.loglik is not None or other.loglik is not None:
+            self.loglik = msum(other.loglik or [], list(self.loglik or []))
+        self.has_labels = self.has_labels or other.has_labels
+        self.labelled += other.labelled
+        self.quality = msum(other.quality, list(self.quality))
+        self.correct_small += other.correct_small
+        self.correct_large += other.correct_large
+        return self
+
+    # -- figures ----------------------------------------------------------------------------
+    def report(self, cost_model: CostModel) -> CostReport:
+        """The `CostReport` of the summed lanes (`CostLedger.report` on the summed counters)."""
+        ledger = CostLedger(1, self.num_models)
+        for name in _COUNTERS:
+            getattr(ledger, name)[0] = getattr(self, name)
+        ledger.switches[0] = self.switches
+        return ledger.report(cost_model)
+
+    def summary(self, cost_model: CostModel) -> dict[str, Any]:
+        """Aggregate metrics: token-weighted shares, totals, and per-sequence means."""
+        from ead_sdk.simulators.metrics import routellm_summary
+
+        report = self.report(cost_model)
+        tokens = max(report.tokens, 1)
+        out: dict[str, Any] = {
+            "sequences": self.sequences,
+            "tokens": report.tokens,
+            "large_share": report.large_share,
+            "cost_ratio": report.cost_ratio,
+            "switches": report.switches,
+            "switches_per_1k_tokens": 1000.0 * report.switches / tokens,
+            "wasted": int(sum(report.wasted)),
+        }
+        if self.agreement is not None:
+            out["agreement"] = float(self.agreement / tokens)
+        if self.loglik is not None:
+            loglik = math.fsum(self.loglik)
+            out["loglik"] = loglik
+            out["loglik_per_token"] = float(loglik / tokens)
+        if self.has_labels and self.labelled:
+            out["quality"] = math.fsum(self.quality) / self.labelled
+            out["quality_small"] = self.correct_small / self.labelled
+            out["quality_large"] = self.correct_large / self.labelled
+            out.update(
+                routellm_summary([(out["large_share"], out["quality"])], out["quality_small"], out["quality_large"])
+            )
+        return out
+
+    # -- Arrow rows (how totals travel between processes: no pickle) ------------------------
+    def to_row(self) -> dict[str, Any]:
+        """The totals as one row of `TOTALS_SCHEMA` (without the ``config`` column)."""
+        return {
+            "num_models": self.num_models,
+            "sequences": self.sequences,
+            **{name: getattr(self, name).tolist() for name in _COUNTERS},
+            "switches": self.switches,
+            "agreement": self.agreement,
+            "loglik": self.loglik,
+            "has_labels": self.has_labels,
+            "labelled": self.labelled,
+            "quality": list(self.quality),
+            "correct_small": self.correct_small,
+            "correct_large": self.correct_large,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Totals:
+        """Totals from a row written by `to_row` (extra keys such as ``config`` are ignored)."""
+        return cls(
+            num_models=int(row["num_models"]),
+            sequences=int(row["sequences"]),
+            **{name: np.asarray(row[name], np.int64) for name in _COUNTERS},
+            switches=int(row["switches"]),
+            agreement=None if row["agreement"] is None else int(row["agreement"]),
+            loglik=None if row["loglik"] is None else [float(v) for v in row["loglik"]],
+            has_labels=bool(row["has_labels"]),
+            labelled=int(row["labelled"]),
+            quality=[float(v) for v in row["quality"]],
+            correct_small=int(row["correct_small"]),
+            correct_large=int(row["correct_large"]),
+        )
+
+
+TOTALS_SCHEMA = pa.schema(
+    [
+        pa.field("config", pa.int64()),
+        pa.field("num_models", pa.int64()),
+        pa.field("sequences", pa.int64()),
+        *[pa.field(name, pa.list_(pa.int64())) for name in _COUNTERS],
+        pa.field("switches", pa.int64()),
+        pa.field("agreement", pa.int64()),
+        pa.field("loglik", pa.list_(pa.float64())),
+        pa.field("has_labels", pa.bool_()),
+        pa.field("labelled", pa.int64()),
+        pa.field("quality", pa.list_(pa.float64())),
+        pa.field("correct_small", pa.int64()),
+        pa.field("correct_large", pa.int64()),
+    ]
+)
+"""Arrow schema of per-configuration totals: one row per (batch, configuration)."""
+
+
+@dataclass(frozen=True)
+class ReplayTotals:
+    """A replay run by a distributed engine: its summed figures (per-lane routes stay on workers).
+
+    Attributes:
+        policy_spec: the spec of the policy replayed.
+        cost_model: the per-model costs.
+        totals: the sums over every sequence.
+    """
+
+    policy_spec: dict[str, Any]
+    cost_model: CostModel
+    totals: Totals
+
+    @property
+    def lanes(self) -> int:
+        return self.totals.sequences
+
+    def report(self) -> CostReport:
+        """The summed `CostReport` (equal to the local `ReplayResult.report()`)."""
+        return self.totals.report(self.cost_model)
+
+    def summary(self) -> dict[str, Any]:
+        """Aggregate metrics (equal to the local `ReplayResult.summary()`)."""
+        return self.totals.summary(self.cost_model)
+
+
+def totals_table(totals: list[Totals], configs: list[int]) -> pa.Table:
+    """Totals as an Arrow table of `TOTALS_SCHEMA`, row ``i`` for configuration ``configs[i]``."""
+    rows = [{"config": c, **t.to_row()} for c, t in zip(configs, totals, strict=True)]
+    return pa.Table.from_pylist(rows, schema=TOTALS_SCHEMA)
+
+
+def merge_table(table: pa.Table, into: dict[int, Totals]) -> int:
+    """Merge every row of a `totals_table` into ``into`` (keyed by configuration).
+
+    Returns:
+        The lanes merged (sequences summed over the rows).
+    """
+    lanes = 0
+    for row in table.to_pylist():
+        t = Totals.from_row(row)
+        c = int(row["config"])
+        if c in into:
+            into[c].merge(t)
+        else:
+            into[c] = t
+        lanes += t.sequences
+    return lanes
+
+
+__all__ = ["TOTALS_SCHEMA", "ReplayTotals", "Totals", "merge_table", "msum", "totals_table"]
