@@ -10,14 +10,17 @@ from ead_sdk.simulators.calibrate import CalibrationResult, calibrate
 from ead_sdk.simulators.ledger import fill_ledger, fill_ledger_stepwise
 from ead_sdk.simulators.metrics import aggregate, lane_metrics, pgr, routellm_summary
 from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
-from ead_sdk.simulators.sweep import SweepResult, expand_grid, pareto_frontier, sweep
+from ead_sdk.simulators.sweep import SweepResult, expand_grid, pareto_frontier, sweep, sweep_totals
 from ead_sdk.simulators.synthetic import synthetic_traces
+from ead_sdk.simulators.totals import ReplayTotals, Totals
 
 __all__ = [
     "CalibrationResult",
     "ReplayData",
     "ReplayResult",
+    "ReplayTotals",
     "SweepResult",
+    "Totals",
     "aggregate",
     "calibrate",
     "expand_grid",
@@ -29,5 +32,6 @@ __all__ = [
     "replay",
     "routellm_summary",
     "sweep",
+    "sweep_totals",
     "synthetic_traces",
 ]

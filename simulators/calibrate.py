@@ -10,6 +10,7 @@ the held-out split, whose achieved share says how well the calibration transfers
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,10 @@ import numpy as np
 from ead_sdk.simulators.replay import ReplayData, replay
 from ead_sdk.simulators.sweep import lane_policy
 
-from ead_sdk.cost import CostModel
+from ead_sdk.cost import CostModel, CostReport
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Policy
+from ead_sdk.traces.reader import read_meta
 from ead_sdk.traces.traceset import TraceSet
 
 
@@ -51,12 +53,15 @@ class CalibrationResult:
 
 
 def _metric(result, metric: str, lanes: np.ndarray) -> float:
-    report = result.report(lanes)
+    return _report_metric(result.report(lanes), metric)
+
+
+def _report_metric(report: CostReport, metric: str) -> float:
     return float(report.large_share if metric == "large_share" else report.cost_ratio)
 
 
 def calibrate(
-    traces: TraceSet,
+    traces: TraceSet | str | os.PathLike[str],
     policy: Policy,
     parameter: str,
     *,
@@ -68,6 +73,9 @@ def calibrate(
     points: int = 16,
     rounds: int = 4,
     cost_model: CostModel | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    batch_rows: int = 1024,
 ) -> CalibrationResult:
     """Pick ``parameter`` of ``policy`` so that replay on a calibration split hits the target.
 
@@ -85,10 +93,21 @@ def calibrate(
         points: candidate values replayed per round (one batched run each).
         rounds: refinement rounds (integer parameters stop once the bracket is adjacent).
         cost_model: per-model costs (default: the trace's parameter counts).
+        engine: ``"local"`` or ``"ray"`` (each round one Ray Data pass over the calibration
+            split; identical results). With ``"ray"``, ``traces`` may also be the path of a
+            Parquet dataset when ``held_out=0``.
+        address: the Ray cluster to join (``engine="ray"``).
+        batch_rows: sequences per Ray batch (``engine="ray"``).
 
     Returns:
         A `CalibrationResult`.
     """
+    if engine not in ("local", "ray"):
+        raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if not isinstance(traces, TraceSet) and (engine == "local" or held_out > 0):
+        raise ParameterError(
+            "calibrate splits a TraceSet in memory; a dataset path needs engine='ray' and held_out=0"
+        )
     if (target_large_share is None) == (target_cost_ratio is None):
         raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
     metric = "large_share" if target_large_share is not None else "cost_ratio"
@@ -101,19 +120,37 @@ def calibrate(
         held, calib = traces.split(held_out, seed)
     else:
         held, calib = None, traces
-    data = ReplayData.from_traces(calib)
-    n = data.num_sequences
     base = {k: v for k, v in policy.params.items() if k != parameter}
     options = {"escalation": policy.escalation, "initial_model": policy.initial_model}
     evaluations = 0
+    if engine == "ray":
+        from ead_sdk.simulators.ray_engine import connect, ray_sweep_totals, trace_dataset
+        from ead_sdk.simulators.sweep import replay_columns
+
+        connect(address)
+        meta = calib.meta if isinstance(calib, TraceSet) else read_meta(calib)
+        dataset = trace_dataset(calib, replay_columns(meta, True))
+        n = dataset[2]
+        costs = cost_model or meta.cost_model()
+
+        def run(configs: list[dict[str, Any]]) -> np.ndarray:
+            totals = ray_sweep_totals(*dataset, policy.name, configs, **options, cost_model=costs,
+                                      batch_rows=batch_rows)
+            return np.array([_report_metric(t.report(costs), metric) for t in totals])
+    else:
+        data = ReplayData.from_traces(calib)
+        n = data.num_sequences
+
+        def run(configs: list[dict[str, Any]]) -> np.ndarray:
+            pol = lane_policy(policy.name, configs, n, **options)
+            result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(configs)))
+            return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(configs))])
 
     def evaluate(values: np.ndarray) -> np.ndarray:
         nonlocal evaluations
         configs = [{**base, parameter: (int(v) if decl.kind == "int" else float(v))} for v in values]
-        pol = lane_policy(policy.name, configs, n, **options)
-        result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(values)))
         evaluations += len(values)
-        return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(values))])
+        return run(configs)
 
     lo, hi = bounds if bounds is not None else (decl.low if decl.low is not None else 0.0, decl.high)
     if hi is None:  # an open upper bound: double until the metric is on the other side
@@ -146,7 +183,8 @@ def calibrate(
     chosen = type(policy)(**options, **{**dict(policy.params), parameter: value})
     held_metric = float("nan")
     if held is not None and len(held):
-        held_metric = _metric(replay(held, chosen, cost_model=cost_model), metric, None)
+        held_result = replay(held, chosen, cost_model=cost_model, engine=engine, address=address, batch_rows=batch_rows)
+        held_metric = _report_metric(held_result.report(), metric)
     return CalibrationResult(
         parameter=parameter,
         value=value,
@@ -156,5 +194,5 @@ def calibrate(
         held_out=held_metric,
         policy=chosen,
         evaluations=evaluations,
-        sequences=(len(calib), 0 if held is None else len(held)),
+        sequences=(n, 0 if held is None else len(held)),
     )

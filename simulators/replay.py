@@ -14,8 +14,9 @@ position ``t`` and emits it (model ``m``'s forward is paid and wasted). Costs ar
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ead_sdk.simulators.ledger import fill_ledger
@@ -26,6 +27,9 @@ from ead_sdk.errors import EadError, ModelCountError, TraceError
 from ead_sdk.interface import Policy, Step
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
+
+if TYPE_CHECKING:
+    from ead_sdk.simulators.totals import ReplayTotals
 
 
 @dataclass(frozen=True)
@@ -139,17 +143,21 @@ class ReplayResult:
 
 
 def replay(
-    traces: TraceSet | ReplayData,
+    traces: TraceSet | ReplayData | str | os.PathLike[str],
     policy: Policy,
     *,
     cost_model: CostModel | None = None,
     lane_sequence: np.ndarray | None = None,
     with_topk: bool = True,
-) -> ReplayResult:
+    engine: str = "local",
+    address: str | None = None,
+    batch_rows: int = 1024,
+) -> ReplayResult | ReplayTotals:
     """Replay ``policy`` on every sequence of ``traces`` as the lanes of one batch.
 
     Args:
-        traces: a `TraceSet` (or a `ReplayData` prepared once and reused).
+        traces: a `TraceSet` (or a `ReplayData` prepared once and reused); with ``engine="ray"``
+            a `TraceSet` or the path of a Parquet trace dataset.
         policy: any policy, ``replay_only`` ones included; per-lane parameter arrays must have
             one value per lane.
         cost_model: per-model costs (default: the trace's parameter counts).
@@ -157,10 +165,25 @@ def replay(
             tiles the sequences once per configuration.
         with_topk: show the policy each distribution's top-k (`Step.logprobs`/`token_ids`);
             ``False`` skips that per-step gather for policies that only read the entropy.
+        engine: ``"local"`` (this process, the default) or ``"ray"`` (Ray Data; needs the
+            ``ray`` extra).
+        address: the Ray cluster to join (``engine="ray"``; default ``RAY_ADDRESS`` or local).
+        batch_rows: sequences per Ray batch (``engine="ray"``).
 
     Returns:
-        A `ReplayResult` with per-lane routes, the `CostLedger` and metrics.
+        A `ReplayResult` with per-lane routes, the `CostLedger` and metrics; with ``engine="ray"``
+        a `ReplayTotals` whose `report` and `summary` equal the local ones (routes stay on workers).
     """
+    if engine == "ray":
+        if lane_sequence is not None:
+            raise EadError("engine='ray' replays each sequence once; lane_sequence is for the local engine")
+        from ead_sdk.simulators.ray_engine import ray_replay
+
+        return ray_replay(
+            traces, policy, cost_model=cost_model, with_topk=with_topk, address=address, batch_rows=batch_rows
+        )
+    if engine != "local":
+        raise EadError(f"engine must be 'local' or 'ray', got {engine!r}")
     data = ReplayData.from_traces(traces, with_topk=with_topk)
     meta = data.meta
     m_count = meta.num_models

@@ -9,18 +9,25 @@ threshold's unit) split the grid into one run per distinct value.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from ead_sdk.simulators.metrics import routellm_summary
 from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
+from ead_sdk.simulators.totals import Totals
 
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import ParameterError
 from ead_sdk.registry import default_registry
+from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
+
+Progress = Callable[[int, int], None]
+"""A progress callback: ``(sequences done, sequences in all)``."""
 
 Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
@@ -59,7 +66,7 @@ def lane_policy(policy_name: str, configs: Sequence[Mapping[str, Any]], n: int, 
 
 
 def sweep(
-    traces: TraceSet | ReplayData,
+    traces: TraceSet | ReplayData | str | os.PathLike[str],
     policy_name: str,
     grid: Grid,
     *,
@@ -68,11 +75,16 @@ def sweep(
     cost_model: CostModel | None = None,
     with_topk: bool | None = None,
     quality: str = "agreement",
+    engine: str = "local",
+    address: str | None = None,
+    batch_rows: int = 1024,
+    progress: Progress | None = None,
 ) -> SweepResult:
     """Replay every configuration of ``grid`` of policy ``policy_name`` on ``traces``.
 
     Args:
-        traces: the trace (a `ReplayData` prepared once is reused as is).
+        traces: the trace (a `ReplayData` prepared once is reused as is), or the path of a trace
+            file or Parquet dataset, streamed ``batch_rows`` sequences at a time.
         policy_name: an installed policy.
         grid: ``{"param": [values...], ...}`` (their product) or a list of configurations.
         escalation: the escalation mode of every configuration.
@@ -81,24 +93,42 @@ def sweep(
         with_topk: show policies the top-k (default: only when the trace has it).
         quality: the quality proxy of the Pareto frontier: ``"agreement"``, ``"loglik_per_token"``
             or ``"quality"`` (needs correctness labels).
+        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data over a Parquet dataset or a
+            `TraceSet`; needs the ``ray`` extra). Both give identical figures.
+        address: the Ray cluster to join (``engine="ray"``; default: ``RAY_ADDRESS`` or a local
+            instance).
+        batch_rows: sequences per batch when streaming a path or running on Ray.
+        progress: called with ``(sequences done, sequences in all)`` as batches finish.
 
     Returns:
         A `SweepResult`: `table` has one row per configuration (its parameters and aggregate
         metrics), `frontier` its Pareto-optimal rows (lower ``cost_ratio``, higher quality).
+        Streamed and Ray runs keep no per-lane results (`results` is empty; `totals` holds the sums).
     """
     configs = expand_grid(grid)
     if not configs:
         raise ParameterError("the grid is empty")
     topk = with_topk is not False
+    if engine == "ray":
+        from ead_sdk.simulators.ray_engine import ray_sweep
+
+        return ray_sweep(
+            traces, policy_name, configs, escalation=escalation, initial_model=initial_model,
+            cost_model=cost_model, with_topk=topk, quality=quality, address=address,
+            batch_rows=batch_rows, progress=progress,
+        )
+    if engine != "local":
+        raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if isinstance(traces, (str, os.PathLike)):
+        return _sweep_streamed(
+            traces, policy_name, configs, escalation=escalation, initial_model=initial_model,
+            cost_model=cost_model, with_topk=topk, quality=quality, batch_rows=batch_rows, progress=progress,
+        )
     data = ReplayData.from_traces(traces, with_topk=topk)
     n = data.num_sequences
-    fixed = _fixed_params(policy_name, configs)
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault(repr(sorted((k, c[k]) for k in fixed if k in c)), []).append(i)
     rows: list[dict[str, Any] | None] = [None] * len(configs)
     results: list[tuple[list[int], ReplayResult]] = []
-    for members in groups.values():
+    for members in config_groups(policy_name, configs):
         sub = [configs[i] for i in members]
         policy = lane_policy(policy_name, sub, n, escalation=escalation, initial_model=initial_model)
         seq = np.tile(np.arange(n), len(sub))
@@ -109,6 +139,127 @@ def sweep(
             rows[i] = {**{f"param.{k}": v for k, v in configs[i].items()}, **summary}
     table = pa.Table.from_pylist([dict(r) for r in rows if r is not None])
     return SweepResult(configs=configs, table=table, quality=quality, results=results)
+
+
+def config_groups(policy_name: str, configs: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """Indices of ``configs`` that can share one batched run (equal non-per-lane parameters)."""
+    fixed = _fixed_params(policy_name, configs)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(repr(sorted((k, c[k]) for k in fixed if k in c)), []).append(i)
+    return list(groups.values())
+
+
+def replay_columns(meta: TraceMeta, with_topk: bool) -> list[str]:
+    """The trace columns a replay reads (column selection for streamed and Ray runs)."""
+    cols = ["prompt_ids", "token_ids", "entropy", "token_logprob"]
+    if meta.k > 0:
+        cols.append("top_ids")
+        if with_topk:
+            cols.append("top_logprobs")
+    return [*cols, "correct"]
+
+
+def sweep_totals(
+    data: ReplayData,
+    policy_name: str,
+    configs: Sequence[Mapping[str, Any]],
+    *,
+    escalation: str = "next",
+    initial_model: int = 0,
+    cost_model: CostModel | None = None,
+    with_topk: bool = True,
+    max_lanes: int = 1 << 16,
+) -> list[Totals]:
+    """The `Totals` of every configuration on the sequences of ``data`` (one batch of a sweep).
+
+    Configurations run as lanes of batched replays of at most ``max_lanes`` lanes each, so the
+    memory of a batch is bounded whatever the grid size.
+    """
+    n = data.num_sequences
+    out: list[Totals] = [Totals(data.meta.num_models) for _ in configs]
+    if n == 0:
+        return out
+    per_run = max(1, max_lanes // n)
+    for members in config_groups(policy_name, configs):
+        for start in range(0, len(members), per_run):
+            chunk = members[start : start + per_run]
+            policy = lane_policy(
+                policy_name, [configs[i] for i in chunk], n, escalation=escalation, initial_model=initial_model
+            )
+            seq = np.tile(np.arange(n), len(chunk))
+            result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=with_topk)
+            for j, i in enumerate(chunk):
+                out[i] = Totals.of_lanes(result, np.arange(j * n, (j + 1) * n))
+    return out
+
+
+def result_from_totals(
+    configs: list[dict[str, Any]], totals: Sequence[Totals], cost_model: CostModel, quality: str
+) -> SweepResult:
+    """A `SweepResult` whose rows are the summaries of merged per-configuration totals."""
+    rows = [
+        {**{f"param.{k}": v for k, v in c.items()}, **t.summary(cost_model)}
+        for c, t in zip(configs, totals, strict=True)
+    ]
+    table = pa.Table.from_pylist(rows)
+    return SweepResult(configs=configs, table=table, quality=quality, results=[], totals=list(totals))
+
+
+def check_grid(policy_name: str, configs: Sequence[Mapping[str, Any]], escalation: str, initial_model: int) -> None:
+    """Build every run's policy once on one lane: a bad grid fails before any batch is read."""
+    for members in config_groups(policy_name, configs):
+        lane_policy(policy_name, [configs[i] for i in members], 1, escalation=escalation, initial_model=initial_model)
+
+
+def _sweep_streamed(
+    path: str | os.PathLike[str],
+    policy_name: str,
+    configs: list[dict[str, Any]],
+    *,
+    escalation: str,
+    initial_model: int,
+    cost_model: CostModel | None,
+    with_topk: bool,
+    quality: str,
+    batch_rows: int,
+    progress: Progress | None,
+) -> SweepResult:
+    """The local engine over a trace on disk: ``batch_rows`` sequences at a time, totals merged."""
+    from ead_sdk.traces.reader import iter_trace_batches, read_meta
+
+    meta = read_meta(path)
+    check_grid(policy_name, configs, escalation, initial_model)
+    cost_model = cost_model or meta.cost_model()
+    total = _count_rows(path)
+    merged = [Totals(meta.num_models) for _ in configs]
+    done = 0
+    for batch in iter_trace_batches(path, replay_columns(meta, with_topk), batch_rows=batch_rows):
+        data = ReplayData.from_traces(batch, with_topk=with_topk)
+        parts = sweep_totals(
+            data, policy_name, configs, escalation=escalation, initial_model=initial_model,
+            cost_model=cost_model, with_topk=with_topk,
+        )
+        for acc, part in zip(merged, parts, strict=True):
+            acc.merge(part)
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+    return result_from_totals(configs, merged, cost_model, quality)
+
+
+def _count_rows(path: str | os.PathLike[str]) -> int:
+    """Sequences in a trace on disk, from Parquet footers when it is Parquet (-1 if unknown)."""
+    import pyarrow.parquet as pq
+
+    from ead_sdk.traces.reader import _dataset_files, detect_format
+
+    fmt = detect_format(path)
+    if fmt == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if fmt == "parquet-dataset":
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in _dataset_files(Path(path)))
+    return -1
 
 
 def _fixed_params(policy_name: str, configs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -122,11 +273,19 @@ def _fixed_params(policy_name: str, configs: Sequence[Mapping[str, Any]]) -> lis
 class SweepResult:
     """A sweep's table (one row per configuration) and its quality/cost Pareto frontier."""
 
-    def __init__(self, configs: list[dict[str, Any]], table: pa.Table, quality: str, results: list):
+    def __init__(
+        self,
+        configs: list[dict[str, Any]],
+        table: pa.Table,
+        quality: str,
+        results: list,
+        totals: list[Totals] | None = None,
+    ):
         self.configs = configs
         self.table = table
         self.quality = quality
         self.results = results
+        self.totals = totals
 
     @property
     def frontier(self) -> pa.Table:

@@ -1,0 +1,301 @@
+"""The Ray engine: replay, sweeps and calibration over Ray Data, for traces beyond one machine.
+
+Ray Data reads the Parquet trace dataset with column selection (only the columns replay reads),
+and ``map_batches`` runs the same batched kernel as the local engine (`sweep_totals`) on batches
+of whole rows; a row is a whole sequence, so no batch splits one. Each batch returns its exact
+per-configuration `Totals` as a small Arrow table; the driver merges them (integer sums and exact
+float partials, in any order) and computes every ratio once with `Totals.summary`, so the figures
+are identical to the local engine's on the same data and grid.
+
+Workers receive JSON (trace metadata, policy specs, grids) and Arrow tables, never pickled
+objects of ours (Ray itself serialises the task function by reference to this module, so every
+worker needs ``ead-sdk[ray]`` and the policy plugins installed). Needs the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+from ead_sdk.simulators.totals import ReplayTotals, Totals, merge_table, totals_table
+
+from ead_sdk.cost import CostModel
+from ead_sdk.errors import EadError, ParameterError, TraceError
+from ead_sdk.interface import Policy
+from ead_sdk.traces.schema import TraceMeta
+from ead_sdk.traces.traceset import TraceSet
+
+if TYPE_CHECKING:
+    from ead_sdk.simulators.sweep import Progress, SweepResult
+
+Source = TraceSet | str | os.PathLike[str]
+
+
+class RayUnavailableError(EadError, ImportError):
+    """``engine="ray"`` was asked for but Ray Data is not installed."""
+
+
+def connect(address: str | None = None) -> ModuleType:
+    """Import Ray and join (or start) a cluster; an already initialised Ray is reused as is.
+
+    Args:
+        address: ``"auto"``, ``"ray://host:10001"``, ``"host:6379"``... (default: ``RAY_ADDRESS``
+            when set, else a local instance on this machine's CPUs).
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise RayUnavailableError(
+            f"engine='ray' needs Ray Data: pip install 'ead-sdk[ray]' ({exc})"
+        ) from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
+    """A Ray dataset of the trace rows (only ``columns``), its metadata and its row count.
+
+    Args:
+        source: the path of a Parquet trace file or dataset directory (every worker must be able
+            to read it: a shared file system or object storage), or a `TraceSet` in memory
+            (sent to the object store from the driver).
+        columns: the columns to read (``None``: all).
+
+    Returns:
+        ``(dataset, meta, rows)``.
+    """
+    import ray.data
+
+    if isinstance(source, TraceSet):
+        table = source.table if columns is None else source.table.select(list(columns))
+        return ray.data.from_arrow(table), source.meta, len(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TraceError(
+            f"engine='ray' reads a Parquet trace path or a TraceSet, got {type(source).__name__}"
+        )
+    import pyarrow.parquet as pq
+
+    from ead_sdk.traces.reader import _dataset_files, detect_format, read_meta
+
+    path = Path(source)
+    fmt = detect_format(path)
+    if fmt not in ("parquet", "parquet-dataset"):
+        raise TraceError(
+            f"{path}: engine='ray' reads Parquet; turn the {fmt} into a dataset first "
+            "(ead_sdk.traces.compact)"
+        )
+    meta = read_meta(path)
+    files = _dataset_files(path) if fmt == "parquet-dataset" else [path]
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    ds = ray.data.read_parquet(str(path), file_extensions=["parquet"])
+    if columns is not None:
+        ds = ds.select_columns(list(columns))
+    return ds, meta, rows
+
+
+def _cost_json(cost_model: CostModel) -> str:
+    return json.dumps({"costs": list(cost_model.costs), "unit": cost_model.unit})
+
+
+def _cost_from_json(text: str) -> CostModel:
+    raw = json.loads(text)
+    return CostModel(tuple(raw["costs"]), raw["unit"])
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise ParameterError(f"grid value {value!r} is not a number, string or bool")
+
+
+# -- the batch kernels (run on workers) -------------------------------------------------------
+def sweep_batch(
+    table: pa.Table,
+    *,
+    meta_json: str,
+    policy_name: str,
+    configs_json: str,
+    escalation: str,
+    initial_model: int,
+    cost_json: str,
+    with_topk: bool,
+    max_lanes: int,
+) -> pa.Table:
+    """Worker side of a sweep: the `Totals` of every configuration on one batch of sequences."""
+    from ead_sdk.simulators.replay import ReplayData
+    from ead_sdk.simulators.sweep import sweep_totals
+
+    meta = TraceMeta.from_json(meta_json, source="<ray batch>")
+    configs = json.loads(configs_json)
+    data = ReplayData.from_traces(TraceSet(meta, table, "<ray batch>"), with_topk=with_topk)
+    totals = sweep_totals(
+        data, policy_name, configs, escalation=escalation, initial_model=initial_model,
+        cost_model=_cost_from_json(cost_json), with_topk=with_topk, max_lanes=max_lanes,
+    )
+    return totals_table(totals, list(range(len(configs))))
+
+
+def replay_batch(table: pa.Table, *, meta_json: str, spec_json: str, cost_json: str, with_topk: bool) -> pa.Table:
+    """Worker side of a replay: the `Totals` of one policy (built from its spec) on one batch."""
+    from ead_sdk.simulators.replay import ReplayData, replay
+
+    from ead_sdk.specs import load_policy
+
+    meta = TraceMeta.from_json(meta_json, source="<ray batch>")
+    data = ReplayData.from_traces(TraceSet(meta, table, "<ray batch>"), with_topk=with_topk)
+    if data.num_sequences == 0:
+        return totals_table([Totals(meta.num_models)], [0])
+    policy = load_policy(json.loads(spec_json))
+    result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk)
+    return totals_table([Totals.of_lanes(result)], [0])
+
+
+# -- the driver side ---------------------------------------------------------------------------
+def _run(ds, fn, kwargs: dict[str, Any], n_configs: int, rows: int, batch_rows: int, progress) -> list[Totals]:
+    """Map ``fn`` over ``ds`` in batches of ``batch_rows`` sequences and merge the totals."""
+    if batch_rows < 1:
+        raise ParameterError(f"batch_rows must be >= 1, got {batch_rows}")
+    out = ds.map_batches(fn, batch_format="pyarrow", batch_size=batch_rows, zero_copy_batch=True, fn_kwargs=kwargs)
+    merged: dict[int, Totals] = {}
+    lanes = 0
+    for part in out.iter_batches(batch_format="pyarrow", batch_size=None):
+        lanes += merge_table(part, merged)
+        if progress is not None:
+            progress(lanes // max(n_configs, 1), rows)
+    return [merged[c] for c in range(n_configs)] if merged else []
+
+
+def ray_sweep_totals(
+    ds,
+    meta: TraceMeta,
+    rows: int,
+    policy_name: str,
+    configs: list[dict[str, Any]],
+    *,
+    escalation: str = "next",
+    initial_model: int = 0,
+    cost_model: CostModel,
+    with_topk: bool = True,
+    batch_rows: int = 1024,
+    max_lanes: int = 1 << 16,
+    progress: Progress | None = None,
+) -> list[Totals]:
+    """The merged `Totals` of every configuration over a Ray dataset of trace rows."""
+    kwargs = {
+        "meta_json": meta.to_json(),
+        "policy_name": policy_name,
+        "configs_json": json.dumps(configs, default=_json_value),
+        "escalation": escalation,
+        "initial_model": int(initial_model),
+        "cost_json": _cost_json(cost_model),
+        "with_topk": bool(with_topk),
+        "max_lanes": int(max_lanes),
+    }
+    totals = _run(ds, sweep_batch, kwargs, len(configs), rows, batch_rows, progress)
+    return totals or [Totals(meta.num_models) for _ in configs]
+
+
+def ray_sweep(
+    source: Source,
+    policy_name: str,
+    configs: list[dict[str, Any]],
+    *,
+    escalation: str = "next",
+    initial_model: int = 0,
+    cost_model: CostModel | None = None,
+    with_topk: bool = True,
+    quality: str = "agreement",
+    address: str | None = None,
+    batch_rows: int = 1024,
+    progress: Progress | None = None,
+) -> SweepResult:
+    """`ead_sdk.simulators.sweep` on Ray Data (see it for the arguments); identical figures."""
+    from ead_sdk.simulators.sweep import check_grid, replay_columns, result_from_totals
+
+    check_grid(policy_name, configs, escalation, initial_model)
+    connect(address)
+    meta = source.meta if isinstance(source, TraceSet) else _meta_of(source)
+    ds, meta, rows = trace_dataset(source, replay_columns(meta, with_topk))
+    cost_model = cost_model or meta.cost_model()
+    _check_costs(cost_model, meta)
+    totals = ray_sweep_totals(
+        ds, meta, rows, policy_name, configs, escalation=escalation, initial_model=initial_model,
+        cost_model=cost_model, with_topk=with_topk, batch_rows=batch_rows, progress=progress,
+    )
+    return result_from_totals(configs, totals, cost_model, quality)
+
+
+def ray_replay(
+    source: Source,
+    policy: Policy,
+    *,
+    cost_model: CostModel | None = None,
+    with_topk: bool = True,
+    address: str | None = None,
+    batch_rows: int = 1024,
+    progress: Progress | None = None,
+    dataset: tuple[Any, TraceMeta, int] | None = None,
+) -> ReplayTotals:
+    """`ead_sdk.simulators.replay` on Ray Data: the summed figures, equal to the local ones.
+
+    The policy travels as its JSON spec and is rebuilt on each worker, so its parameters must be
+    scalars (per-lane arrays belong to a sweep) and its plugin installed on every worker.
+    """
+    from ead_sdk.simulators.sweep import replay_columns
+
+    for name, value in policy.params.items():
+        if np.ndim(value) > 0:
+            raise ParameterError(
+                f"policy {policy.name!r}: parameter {name!r} is per-lane; engine='ray' replays scalar "
+                "parameters (use sweep for a grid)"
+            )
+    spec = policy.spec()
+    connect(address)
+    if dataset is None:
+        meta = source.meta if isinstance(source, TraceSet) else _meta_of(source)
+        dataset = trace_dataset(source, replay_columns(meta, with_topk))
+    ds, meta, rows = dataset
+    policy.check_models(meta.num_models)
+    cost_model = cost_model or meta.cost_model()
+    _check_costs(cost_model, meta)
+    kwargs = {
+        "meta_json": meta.to_json(),
+        "spec_json": json.dumps(spec),
+        "cost_json": _cost_json(cost_model),
+        "with_topk": bool(with_topk),
+    }
+    totals = _run(ds, replay_batch, kwargs, 1, rows, batch_rows, progress)
+    return ReplayTotals(spec, cost_model, totals[0] if totals else Totals(meta.num_models))
+
+
+def _meta_of(source: Source | Any) -> TraceMeta:
+    if not isinstance(source, (str, os.PathLike)):
+        raise TraceError(f"engine='ray' reads a Parquet trace path or a TraceSet, got {type(source).__name__}")
+    from ead_sdk.traces.reader import read_meta
+
+    return read_meta(source)
+
+
+def _check_costs(cost_model: CostModel, meta: TraceMeta) -> None:
+    if cost_model.num_models != meta.num_models:
+        raise EadError(f"cost model has {cost_model.num_models} models, the trace has {meta.num_models}")
+
+
+__all__ = [
+    "RayUnavailableError",
+    "connect",
+    "ray_replay",
+    "ray_sweep",
+    "ray_sweep_totals",
+    "replay_batch",
+    "sweep_batch",
+    "trace_dataset",
+]
