@@ -1,0 +1,126 @@
+"""The Ray engine gives the local engine's figures exactly, on a small local Ray instance.
+
+One Ray instance (2 CPUs) serves the whole test session and is shut down at its end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'ead-sdk[ray]')")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ead-sdk[ray]')")
+
+from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ead_sdk import load_policy  # noqa: E402
+from ead_sdk.errors import EadError, ParameterError, TraceError  # noqa: E402
+from ead_sdk.traces import compact, write_traces  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the session (2 CPUs, no dashboard), shut down afterwards."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def same_tables(a, b) -> bool:
+    """Exact equality of two sweep tables, row by row (NaN equals NaN, no tolerance)."""
+    ra, rb = a.to_pylist(), b.to_pylist()
+    if len(ra) != len(rb):
+        return False
+    for x, y in zip(ra, rb, strict=True):
+        if x.keys() != y.keys():
+            return False
+        for k in x:
+            if isinstance(x[k], float) and isinstance(y[k], float) and math.isnan(x[k]) and math.isnan(y[k]):
+                continue
+            if x[k] != y[k]:
+                return False
+    return True
+
+
+def dataset(traces, path, rows_per_file: int = 7):
+    """``traces`` written as an IPC stream and compacted into a Parquet dataset of several files."""
+    write_traces(traces, path.with_suffix(".arrow"), format="ipc")
+    return compact(path.with_suffix(".arrow"), path, rows_per_file=rows_per_file, row_group_rows=3)
+
+
+GRID = {"threshold": [0.4, 1.1, 2.5], "window": [1, 4], "unit": ["nats", "bits"]}
+
+
+@settings(max_examples=3, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10_000),
+    batch_rows=st.integers(1, 9),
+    escalation=st.sampled_from(["next", "retry"]),
+)
+def test_ray_sweep_equals_the_local_sweep_exactly(ray_local, tmp_path_factory, seed, batch_rows, escalation):
+    """Property: on the same Parquet dataset and grid, Ray Data (any batch size, several files,
+    batches merged in whatever order they finish) gives the local engine's table exactly."""
+    traces = synthetic_traces(17, (0, 60), seed=seed)
+    ds = dataset(traces, tmp_path_factory.mktemp("ray") / "ds")
+    local = sweep(traces, "rolling_entropy", GRID, escalation=escalation)
+    seen = []
+    on_ray = sweep(ds, "rolling_entropy", GRID, escalation=escalation, engine="ray", batch_rows=batch_rows,
+                   progress=lambda done, total: seen.append((done, total)))
+    assert same_tables(local.table, on_ray.table)
+    assert same_tables(local.frontier, on_ray.frontier)
+    assert seen[-1] == (17, 17)
+
+
+def test_ray_sweep_of_a_ladder_from_a_trace_set_in_memory(ray_local):
+    traces = synthetic_traces(11, (0, 40), num_models=3, seed=4)
+    grid = {"threshold": [[0.4, 1.5], [1.0, 2.2]], "window": [2], "unit": ["nats"]}
+    local = sweep(traces, "rolling_entropy", grid, escalation="retry")
+    on_ray = sweep(traces, "rolling_entropy", grid, escalation="retry", engine="ray", batch_rows=4)
+    assert same_tables(local.table, on_ray.table)
+    assert on_ray.routellm() == local.routellm()
+
+
+def test_ray_replay_equals_the_local_replay(ray_local, tmp_path):
+    traces = synthetic_traces(13, (0, 50), seed=9)
+    ds = dataset(traces, tmp_path / "ds", rows_per_file=5)
+    policy = load_policy({"policy": "hysteresis", "params": {"upper": 1.2, "lower": 0.5, "unit": "nats"}})
+    local = replay(traces, policy)
+    on_ray = replay(ds, policy, engine="ray", batch_rows=3)
+    assert on_ray.report() == local.report()
+    assert on_ray.summary().keys() == local.summary().keys()
+    for k, v in local.summary().items():
+        assert on_ray.summary()[k] == v or (math.isnan(v) and math.isnan(on_ray.summary()[k])), k
+
+
+def test_ray_calibrate_equals_the_local_calibrate(ray_local):
+    traces = synthetic_traces(20, (5, 40), seed=2)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"window": 3, "unit": "nats"}})
+    local = calibrate(traces, policy, "threshold", target_large_share=0.3, points=6, rounds=2, bounds=(0.0, 3.0))
+    on_ray = calibrate(traces, policy, "threshold", target_large_share=0.3, points=6, rounds=2, bounds=(0.0, 3.0),
+                       engine="ray", batch_rows=6)
+    assert (on_ray.value, on_ray.calibration, on_ray.held_out, on_ray.evaluations, on_ray.sequences) == (
+        local.value, local.calibration, local.held_out, local.evaluations, local.sequences
+    )
+
+
+def test_ray_refusals(ray_local, tmp_path):
+    traces = synthetic_traces(4, 10, seed=0)
+    write_traces(traces, tmp_path / "t.arrow", format="ipc")
+    with pytest.raises(TraceError, match="engine='ray' reads Parquet.*compact"):
+        sweep(tmp_path / "t.arrow", "rolling_entropy", {"threshold": [1.0]}, engine="ray")
+    with pytest.raises(ParameterError, match="unknown parameter 'thresh'"):
+        sweep(traces, "rolling_entropy", {"thresh": [1.0]}, engine="ray")
+    per_lane = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0}})
+    per_lane = type(per_lane)(threshold=np.array([0.5, 1.0, 1.5, 2.0]))
+    with pytest.raises(ParameterError, match="per-lane"):
+        replay(traces, per_lane, engine="ray")
+    with pytest.raises(EadError, match="lane_sequence"):
+        replay(traces, per_lane, engine="ray", lane_sequence=np.arange(4))
