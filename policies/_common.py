@@ -36,23 +36,41 @@ def normalised_logprobs(step: Step, logprobs: Array, xp: Any) -> Array:
     return logprobs - lse
 
 
-def push_window(history: Array, count: Array, window: Array, value: Array, xp: Any) -> tuple[Array, Array, Array]:
-    """Append ``value`` to each lane's ring buffer; return it, the new count and the window mean.
+def push_window(
+    history: Array, count: Array, slot: Array, total: Array, window: Array, value: Array, live: Array, xp: Any
+) -> tuple[Array, Array, Array, Array, Array]:
+    """Push ``value`` into each live lane's window; return history, count, slot, total and the mean.
 
-    The mean is over the last ``min(window, count)`` values of each lane.
+    O(lanes) per step: ``history`` is a ring buffer per lane (``slot`` is where the next value
+    goes) and ``total`` the running sum of the last ``min(window, count)`` values, so only the
+    value leaving the window is read back. ``history`` must start as zeros: until a lane has
+    ``window`` values, the slot its window leaves is one never written, and reads as 0. Lanes
+    with ``live`` false keep their state (the mean returned for them is meaningless). The
+    running sum rounds like any float sum: the mean is within a few ulps of the largest
+    magnitude recently in the window, not bit-exact (windows of one value are exact).
     """
-    wmax = history.shape[1]
-    slot = xp.arange(wmax, device=history.device)[None, :]
-    ptr = count % wmax
-    history = xp.where(slot == ptr[:, None], value[:, None], history)
-    count = count + 1
-    age = (ptr[:, None] - slot) % wmax
+    n, wmax = history.shape
+    rows = xp.arange(n, dtype=slot.dtype, device=history.device) * wmax
+    gone = slot - window
+    gone = gone + wmax * xp.astype(gone < 0, gone.dtype)
+    flat = xp.reshape(history, (-1,))
+    leaving = xp.take(flat, rows + gone)
+    total = xp.where(live, total + value - leaving, total)
+    at = rows + slot
+    flat = xp.asarray(flat, copy=True)
+    flat[at] = xp.where(live, value, xp.take(flat, at))
+    step_on = xp.astype(live, count.dtype)
+    count = count + step_on
+    slot = slot + step_on
+    slot = slot * xp.astype(slot != wmax, slot.dtype)
     k = xp.minimum(window, count)
-    inside = age < k[:, None]
-    total = xp.sum(xp.where(inside, history, xp.zeros_like(history)), axis=1)
-    return history, count, total / xp.astype(k, history.dtype)
+    k = k + xp.astype(k == 0, k.dtype)  # lanes that never stepped: any divisor will do (total is 0)
+    # A window of one value is that value, exactly: the running sum can lose a small value added
+    # beside a much larger one that then leaves.
+    mean = xp.where(k == 1, value, total / xp.astype(k, total.dtype))
+    return xp.reshape(flat, (n, wmax)), count, slot, total, mean
 
 
 def update_dwell(model: Array, current: Array, dwell: Array, xp: Any) -> Array:
     """Tokens the model of this step has produced in a row, this one included."""
-    return xp.where(model == current, dwell + 1, xp.ones_like(dwell))
+    return xp.astype(model == current, dwell.dtype) * dwell + 1

@@ -13,7 +13,6 @@ from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
 from ead_sdk.signals import to_nats
-from ead_sdk.state import mask_state
 
 
 class HysteresisPolicy(Policy):
@@ -65,6 +64,8 @@ class HysteresisPolicy(Policy):
             "min_dwell": p["min_dwell"],
             "history": xp.zeros((n, wmax), dtype=fdt, **kw),
             "count": xp.zeros((n,), dtype=xp.int64, **kw),
+            "slot": xp.zeros((n,), dtype=xp.int64, **kw),
+            "total": xp.zeros((n,), dtype=fdt, **kw),
             "signal": xp.zeros((n,), dtype=fdt, **kw),
             "current": xp.full((n,), self.initial_model, dtype=xp.int64, **kw),
             "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
@@ -72,19 +73,31 @@ class HysteresisPolicy(Policy):
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
+        live = step.live
         e = xp.astype(step.entropy, state["history"].dtype)
-        history, count, mean = push_window(state["history"], state["count"], state["window"], e, xp)
-        ema = state["ema"]
-        smoothed = ema * state["signal"] + (1.0 - ema) * mean
-        signal = xp.where(state["count"] == 0, mean, smoothed)
+        count = state["count"]
+        history, new_count, slot, total, mean = push_window(
+            state["history"], count, state["slot"], state["total"], state["window"], e, live, xp
+        )
+        # The first value is the signal itself: weight 0 on the (empty) previous signal.
+        ema = state["ema"] * xp.astype(count > 0, mean.dtype)
+        signal = ema * state["signal"] + (1.0 - ema) * mean
 
         model = xp.astype(step.model, xp.int64)
-        one, zero = xp.ones_like(model), xp.zeros_like(model)
-        target = xp.where(signal > state["upper"], one, xp.where(signal < state["lower"], zero, model))
+        target = xp.where(signal > state["upper"], 1, xp.where(signal < state["lower"], 0, model))
         dwell = update_dwell(model, state["current"], state["dwell"], xp)
         routes = xp.where(dwell < state["min_dwell"], model, target)
-        new = dict(state, history=history, count=count, signal=signal, current=model, dwell=dwell)
-        return xp.where(step.live, routes, model), mask_state(step.live, new, state)
+        new = dict(
+            state,
+            history=history,
+            count=new_count,
+            slot=slot,
+            total=total,
+            signal=xp.where(live, signal, state["signal"]),
+            current=xp.where(live, model, state["current"]),
+            dwell=xp.where(live, dwell, state["dwell"]),
+        )
+        return xp.where(live, routes, model), new
 
 
 @hookimpl

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ead_sdk.policies._common import push_window, update_dwell
+
 from ead_sdk.arrays import as_namespace, default_float, namespace
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
@@ -72,28 +74,12 @@ class RollingEntropyPolicy(Policy):
         }
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
-        # O(lanes) per step: a ring buffer (``slot`` is where the next entropy goes) and a
-        # running window sum ``total``; only the entry leaving the window is read back.
         xp = namespace(state["history"])
-        history, count, slot, window = state["history"], state["count"], state["slot"], state["window"]
-        wmax = history.shape[1]
         live = step.live
-        e = xp.astype(step.entropy, history.dtype)
-        gone = slot - window
-        gone = gone + wmax * xp.astype(gone < 0, gone.dtype)
-        leaving = xp.take_along_axis(history, gone[:, None], axis=1)[:, 0]
-        leaving = leaving * xp.astype(count >= window, history.dtype)
-        total = xp.where(live, state["total"] + e - leaving, state["total"])
-        lanes = xp.arange(history.shape[0], device=history.device)
-        history = xp.asarray(history, copy=True)
-        history[lanes, slot] = xp.where(live, e, history[lanes, slot])
-        step_on = xp.astype(live, count.dtype)
-        count = count + step_on
-        nxt = slot + step_on
-        slot = nxt * xp.astype(nxt != wmax, nxt.dtype)
-        k = xp.minimum(window, count)
-        k = k + xp.astype(k == 0, k.dtype)  # lanes that never stepped: any divisor will do
-        mean = total / xp.astype(k, history.dtype)
+        e = xp.astype(step.entropy, state["history"].dtype)
+        history, count, slot, total, mean = push_window(
+            state["history"], state["count"], state["slot"], state["total"], state["window"], e, live, xp
+        )
         threshold = state["threshold"]
         if threshold.shape[1] == 1:
             target = xp.astype(mean > threshold[:, 0], xp.int64)
@@ -101,8 +87,7 @@ class RollingEntropyPolicy(Policy):
             target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
 
         model = xp.astype(step.model, xp.int64)
-        same = xp.astype(model == state["current"], xp.int64)
-        dwell = same * state["dwell"] + 1
+        dwell = update_dwell(model, state["current"], state["dwell"], xp)
         routes = xp.where(dwell < state["min_dwell"], model, target)
         new = dict(
             state,
