@@ -7,9 +7,9 @@ per-configuration `Totals` as a small Arrow table; the driver merges them (integ
 float partials, in any order) and computes every ratio once with `Totals.summary`, so the figures
 are identical to the local engine's on the same data and grid.
 
-Workers receive JSON (trace metadata, policy specs, grids) and Arrow tables, never pickled
-objects of ours (Ray itself serialises the task function by reference to this module, so every
-worker needs ``ead-sdk[ray]`` and the policy plugins installed). Needs the ``ray`` extra.
+Workers receive JSON (trace metadata, policy specs, grids) and Arrow tables, never serialised
+Python objects of ours (Ray itself serialises the task function by reference to this module, so
+every worker needs ``ead-sdk[ray]`` and the policy plugins installed). Needs the ``ray`` extra.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ class Totals:
             )
         return out
 
-    # -- Arrow rows (how totals travel between processes: no pickle) ------------------------
+    # -- Arrow rows: how totals travel between processes ------------------------------------
     def to_row(self) -> dict[str, Any]:
         """The totals as one row of `TOTALS_SCHEMA` (without the ``config`` column)."""
         return {
