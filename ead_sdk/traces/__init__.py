@@ -18,6 +18,7 @@ from ead_sdk.traces.schema import (
     TraceMeta,
     trace_schema,
 )
+from ead_sdk.traces.shards import ShardedTraceWriter, merge_meta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
 from ead_sdk.traces.validate import check_schema, validate_batch, validate_sequence, validate_table
 from ead_sdk.traces.writer import TraceWriter, write_traces
@@ -29,6 +30,7 @@ __all__ = [
     "POSITION_COLUMNS",
     "FlatTrace",
     "SequenceTrace",
+    "ShardedTraceWriter",
     "TraceMeta",
     "TraceSet",
     "TraceWarning",
@@ -38,6 +40,7 @@ __all__ = [
     "compact",
     "detect_format",
     "iter_trace_batches",
+    "merge_meta",
     "read_meta",
     "read_traces",
     "sequences_to_batch",

@@ -1,4 +1,4 @@
-"""Compaction: recorded IPC streams into one Parquet dataset, written atomically."""
+"""Compaction: recorded IPC streams (one or many workers' shards) into one Parquet dataset, atomically."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from ead_sdk.errors import TraceError
 from ead_sdk.traces.reader import iter_trace_batches, read_meta
 from ead_sdk.traces.schema import trace_schema
+from ead_sdk.traces.shards import ShardedTraceWriter, merge_meta
 
 
 def compact(
@@ -28,10 +29,13 @@ def compact(
     """Turn trace files (IPC streams, or any readable trace) into a Parquet dataset at ``dest``.
 
     The dataset is built in a temporary directory beside ``dest`` and renamed into place, so a
-    reader never sees a half-written dataset. Every source must carry the same metadata.
+    reader never sees a half-written dataset. Every source must come from the same model pair,
+    tokenizer and top-k; the dataset's metadata is `merge_meta` of theirs (generation settings
+    that differ between shards are kept per shard).
 
     Args:
-        sources: one path or several, read in order.
+        sources: one path or several, read in order; a directory of `ShardedTraceWriter`
+            shards (``shard-*.arrows``) stands for its shards, sorted by name.
         dest: the dataset directory to create (``part-00000.parquet``, ...).
         rows_per_file: sequences per Parquet file.
         row_group_rows: sequences per Parquet row group (the reader's unit of batching).
@@ -42,16 +46,14 @@ def compact(
     Returns:
         The path of the dataset.
     """
-    paths = [Path(sources)] if isinstance(sources, (str, os.PathLike)) else [Path(s) for s in sources]
+    given = [Path(sources)] if isinstance(sources, (str, os.PathLike)) else [Path(s) for s in sources]
+    paths = [shard for p in given for shard in _expand(p)]
     if not paths:
-        raise TraceError("compact needs at least one source")
+        raise TraceError(f"compact needs at least one source; none in {[str(p) for p in given]}")
     out = Path(dest)
     if out.exists() and not overwrite:
         raise TraceError(f"{out}: already exists (pass overwrite=True to replace it)")
-    meta = read_meta(paths[0])
-    for p in paths[1:]:
-        if read_meta(p) != meta:
-            raise TraceError(f"{p}: metadata differs from {paths[0]}; cannot compact them together")
+    meta = merge_meta([read_meta(p) for p in paths], [str(p) for p in paths])
     schema = trace_schema(meta)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
@@ -81,6 +83,15 @@ def compact(
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _expand(path: Path) -> list[Path]:
+    """A directory of shard streams stands for its shards; anything else for itself."""
+    if path.is_dir():
+        shards = ShardedTraceWriter.shards(path)
+        if shards:
+            return shards
+    return [path]
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
