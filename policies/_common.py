@@ -41,33 +41,29 @@ def push_window(
 ) -> tuple[Array, Array, Array, Array, Array]:
     """Push ``value`` into each live lane's window; return history, count, slot, total and the mean.
 
-    O(lanes) per step: ``history`` is a ring buffer per lane (``slot`` is where the next value
-    goes) and ``total`` the running sum of the last ``min(window, count)`` values, so only the
-    value leaving the window is read back. ``history`` must start as zeros: until a lane has
-    ``window`` values, the slot its window leaves is one never written, and reads as 0. Lanes
-    with ``live`` false keep their state (the mean returned for them is meaningless). The
-    running sum rounds like any float sum: the mean is within a few ulps of the largest
-    magnitude recently in the window, not bit-exact (windows of one value are exact).
+    O(lanes) per step: each lane's first ``window`` entries of ``history`` are a ring buffer whose
+    ``slot`` holds the oldest value (the one the new value replaces), and ``total`` is the running
+    sum of the last ``min(window, count)`` values, so only the value leaving the window is read.
+    ``history`` must start as zeros: until a lane's ring is full, the slot it overwrites reads 0.
+    Lanes with ``live`` false keep their state (the mean returned for them is meaningless). The
+    running sum rounds like any float sum, so the mean is not bit-exact when values of very
+    different magnitudes pass through the window (a window of one value is exact).
     """
     n, wmax = history.shape
-    rows = xp.arange(n, dtype=slot.dtype, device=history.device) * wmax
-    gone = slot - window
-    gone = gone + wmax * xp.astype(gone < 0, gone.dtype)
+    at = xp.arange(0, n * wmax, wmax, dtype=slot.dtype, device=history.device) + slot
     flat = xp.reshape(history, (-1,))
-    leaving = xp.take(flat, rows + gone)
-    total = xp.where(live, total + value - leaving, total)
-    at = rows + slot
+    old = xp.take(flat, at)
+    total = xp.where(live, total + value - old, total)
     flat = xp.asarray(flat, copy=True)
-    flat[at] = xp.where(live, value, xp.take(flat, at))
+    flat[at] = xp.where(live, value, old)
     step_on = xp.astype(live, count.dtype)
     count = count + step_on
     slot = slot + step_on
-    slot = slot * xp.astype(slot != wmax, slot.dtype)
+    slot = slot * xp.astype(slot != window, slot.dtype)
     k = xp.minimum(window, count)
-    k = k + xp.astype(k == 0, k.dtype)  # lanes that never stepped: any divisor will do (total is 0)
     # A window of one value is that value, exactly: the running sum can lose a small value added
     # beside a much larger one that then leaves.
-    mean = xp.where(k == 1, value, total / xp.astype(k, total.dtype))
+    mean = xp.where(k <= 1, value, total / xp.astype(xp.maximum(k, 1), total.dtype))
     return xp.reshape(flat, (n, wmax)), count, slot, total, mean
 
 

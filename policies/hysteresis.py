@@ -83,10 +83,13 @@ class HysteresisPolicy(Policy):
         ema = state["ema"] * xp.astype(count > 0, mean.dtype)
         signal = ema * state["signal"] + (1.0 - ema) * mean
 
+        # Boolean algebra instead of nested `where`s (two models: "on the large one" is a bool).
         model = xp.astype(step.model, xp.int64)
-        target = xp.where(signal > state["upper"], 1, xp.where(signal < state["lower"], 0, model))
+        on_large = model == 1
+        target = (signal > state["upper"]) | (on_large & ~(signal < state["lower"]))
         dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        routes = xp.where(dwell < state["min_dwell"], model, target)
+        keep = dwell < state["min_dwell"]
+        routes = (live & ((keep & on_large) | (~keep & target))) | (~live & on_large)
         new = dict(
             state,
             history=history,
@@ -97,7 +100,7 @@ class HysteresisPolicy(Policy):
             current=xp.where(live, model, state["current"]),
             dwell=xp.where(live, dwell, state["dwell"]),
         )
-        return xp.where(live, routes, model), new
+        return xp.astype(routes, xp.int64), new
 
 
 @hookimpl

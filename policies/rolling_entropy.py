@@ -81,14 +81,9 @@ class RollingEntropyPolicy(Policy):
             state["history"], state["count"], state["slot"], state["total"], state["window"], e, live, xp
         )
         threshold = state["threshold"]
-        if threshold.shape[1] == 1:
-            target = xp.astype(mean > threshold[:, 0], xp.int64)
-        else:
-            target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
-
         model = xp.astype(step.model, xp.int64)
         dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        routes = xp.where(dwell < state["min_dwell"], model, target)
+        keep = dwell < state["min_dwell"]
         new = dict(
             state,
             history=history,
@@ -98,6 +93,12 @@ class RollingEntropyPolicy(Policy):
             current=xp.where(live, model, state["current"]),
             dwell=xp.where(live, dwell, state["dwell"]),
         )
+        if threshold.shape[1] == 1:  # two models: boolean algebra instead of `where`s
+            on_large = model == 1
+            routes = (live & ((keep & on_large) | (~keep & (mean > threshold[:, 0])))) | (~live & on_large)
+            return xp.astype(routes, xp.int64), new
+        target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
+        routes = xp.where(keep, model, target)
         return xp.where(live, routes, model), new
 
 
