@@ -47,23 +47,23 @@ def push_window(
     ``history`` must start as zeros: until a lane's ring is full, the slot it overwrites reads 0.
     Lanes with ``live`` false keep their state (the mean returned for them is meaningless). The
     running sum rounds like any float sum, so the mean is not bit-exact when values of very
-    different magnitudes pass through the window (a window of one value is exact).
+    different magnitudes pass through the window (a window of one value
+    is exact, and so is each lane's first mean).
     """
     n, wmax = history.shape
     at = xp.arange(0, n * wmax, wmax, dtype=slot.dtype, device=history.device) + slot
     flat = xp.reshape(history, (-1,))
     old = xp.take(flat, at)
-    total = xp.where(live, total + value - old, total)
+    # Subtract first: a window of one value then holds that value exactly ((v - v) + value).
+    total = xp.where(live, (total - old) + value, total)
     flat = xp.asarray(flat, copy=True)
     flat[at] = xp.where(live, value, old)
     step_on = xp.astype(live, count.dtype)
     count = count + step_on
     slot = slot + step_on
     slot = slot * xp.astype(slot != window, slot.dtype)
-    k = xp.minimum(window, count)
-    # A window of one value is that value, exactly: the running sum can lose a small value added
-    # beside a much larger one that then leaves.
-    mean = xp.where(k <= 1, value, total / xp.astype(xp.maximum(k, 1), total.dtype))
+    k = xp.maximum(xp.minimum(window, count), 1)  # lanes that never stepped: total 0 over 1
+    mean = total / xp.astype(k, total.dtype)
     return xp.reshape(flat, (n, wmax)), count, slot, total, mean
 
 

@@ -237,8 +237,12 @@ def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> 
     vocab = int(data.meta.vocab_size)
     # Look-ahead is for replay-only (oracle) policies; a live-capable policy never reads it.
     disagree = data.disagree if getattr(policy, "replay_only", False) else None
+    # While every lane is live (t < the shortest length) the masks below are no-ops: skip them.
+    all_live = int(lengths.min(initial=t_max))
+    every = np.ones(n, bool)
     for t in range(t_max):
-        live = lengths > t
+        full = t < all_live
+        live = every if full else lengths > t
         np.add(base, model, out=idx)
         entropy = data.entropy[t].reshape(-1).take(idx)
         logprobs = token_ids = None
@@ -268,6 +272,11 @@ def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> 
                 f"policy {policy.name!r} routed lane {bad} to model {int(routes[bad])}, "
                 f"not one of {m_count} models"
             )
+        if full:
+            computed[t] = model
+            emitted[t] = np.maximum(routes, model) if retry else computed[t]
+            model = routes
+            continue
         computed[t] = np.where(live, model, -1)
         if retry:
             emitted[t] = np.where(live, np.maximum(routes, model), -1)
