@@ -71,12 +71,13 @@ class Observation:
 class _Run:
     """The per-step values of one ``generate`` call, kept on the scores' device until `finish`."""
 
-    def __init__(self, input_ids: torch.Tensor, state: Any):
+    def __init__(self, input_ids: torch.Tensor, state: Any, eos: torch.Tensor):
         self.n, self.plen = int(input_ids.shape[0]), int(input_ids.shape[1])
         self.prompt = input_ids.detach().clone()
         self.device = input_ids.device
         self.state = state
         self.live = torch.ones(self.n, dtype=torch.bool, device=self.device)
+        self.eos = eos.to(self.device)  # copied once per call, not once per step
         self.steps = 0
         self.entropy: list[torch.Tensor] = []
         self.routes: list[torch.Tensor] = []
@@ -186,12 +187,13 @@ class PolicyObserver(LogitsProcessor):
                     "previous one; its observations are discarded",
                     stacklevel=2,
                 )
-            run = self._run = _Run(input_ids, self.policy.init_state(int(input_ids.shape[0]), torch, input_ids.device))
+            state = self.policy.init_state(int(input_ids.shape[0]), torch, input_ids.device)
+            run = self._run = _Run(input_ids, state, self.eos)
         n, t = run.n, run.steps
         if t > 0:  # the token drawn at the previous step is now the last column
             tok = input_ids[:, -1]
             run.token_lp.append(run.last_lp.gather(1, tok[:, None])[:, 0])
-            run.live = run.live & ~torch.isin(tok, self.eos.to(tok.device))
+            run.live = run.live & ~torch.isin(tok, run.eos)
         logits = scores.float()
         lp = torch.log_softmax(logits, -1)
         h = entropy_of(logits)

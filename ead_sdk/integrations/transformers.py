@@ -20,7 +20,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 from transformers.generation import GenerateDecoderOnlyOutput
-from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StopStringCriteria
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from ead_sdk.backend import Sampling
 from ead_sdk.backends.hf import TransformersBackend
@@ -46,7 +46,7 @@ _WARPERS = tuple(
     for name in ("TemperatureLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper", "TopHLogitsWarper")
     if hasattr(transformers, name)
 )
-_CRITERIA = (MaxLengthCriteria, EosTokenCriteria, StopStringCriteria)
+_CRITERIA = (MaxLengthCriteria, EosTokenCriteria)
 _UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
 
@@ -86,6 +86,7 @@ def ead_generate(
     ead_record: Any = None,
     ead_record_k: int = 0,
     ead_seed: int | None = None,
+    ead_stop: Sequence[str | int] = (),
     ead_tokenizer: Any = None,
     ead_trust_remote_code: bool = False,
     **model_kwargs: Any,
@@ -101,8 +102,8 @@ def ead_generate(
         input_ids: ``(batch, length)`` prompts, left-padded when their lengths differ.
         logits_processor: prepared by ``generate``; only the sampling warpers the SDK's sampler
             reproduces from the generation config are accepted (temperature, top-p, min-p, top-H).
-        stopping_criteria: prepared by ``generate``; only its length, end-of-sequence and stop
-            string criteria are accepted.
+        stopping_criteria: prepared by ``generate``; only its length and end-of-sequence
+            criteria are accepted.
         generation_config: prepared by ``generate``: length, sampling and special tokens.
         synced_gpus: must be false (no multi-GPU synchronised decoding).
         streamer: not passed on by transformers to callables; must be ``None``.
@@ -115,7 +116,10 @@ def ead_generate(
         ead_record_k: top-k log-probabilities recorded per model and position.
         ead_seed: the sampler's seed (default: drawn from torch's global generator, so
             ``torch.manual_seed`` makes sampling reproducible as usual).
-        ead_tokenizer: the shared tokenizer (needed for ``stop_strings``; checks the models share it).
+        ead_stop: stop strings (with ``ead_tokenizer``) and stop token ids, as `ead_sdk.generate`'s
+            ``stop`` (transformers does not pass its tokenizer to a callable, so its own
+            ``stop_strings`` cannot work here).
+        ead_tokenizer: the shared tokenizer (for stop strings; also checks the models share it).
         ead_trust_remote_code: passed to ``from_pretrained`` for paths in ``ead_models``.
         **model_kwargs: prepared by ``generate``; ``attention_mask`` marks left padding.
 
@@ -133,8 +137,6 @@ def ead_generate(
     policy = ead_policy if isinstance(ead_policy, Policy) else load_policy(ead_policy)
     gc = generation_config
     _refuse_unsupported(model, gc, logits_processor, stopping_criteria, synced_gpus, streamer, model_kwargs)
-    if ead_tokenizer is None and gc.stop_strings:
-        raise BackendError("ead_generate: stop_strings need the tokenizer: pass ead_tokenizer=")
     others = [_load(m, i, model, ead_trust_remote_code) for i, m in enumerate(ead_models or ())]
     ladder = sorted([*others, model], key=_param_count)
     prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
@@ -149,7 +151,7 @@ def ead_generate(
             prompts,
             max_new_tokens=int(gc.max_length) - int(input_ids.shape[1]),
             sampling=_sampling(gc, ead_seed),
-            stop=[gc.stop_strings] if isinstance(gc.stop_strings, str) else list(gc.stop_strings or ()),
+            stop=ead_stop,
             logprobs=ead_logprobs,
             cost_model=ead_cost_model,
             record=ead_record,
