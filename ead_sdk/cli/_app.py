@@ -1,15 +1,89 @@
-"""The ``ead`` command line."""
+"""The typer application, the shared console, and the user-error guard every command wears."""
+# ruff: noqa: B008  (typer declares options as argument defaults)
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="ead-sdk: token-level routing between small and large language models.", no_args_is_help=True)
+from ead_sdk.errors import EadError
+
+app = typer.Typer(
+    help="ead-sdk: token-level routing between small and large language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(EadError):
+    """A bad command-line argument (a malformed ``--grid``, a missing prompts file...)."""
+
+
+def user_errors(fn: F) -> F:
+    """Turn the errors a user can fix into one line on stderr and exit status 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (EadError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            msg = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.strerror}: {exc.filename}"
+            typer.echo(f"ead {fn.__name__}: error: {msg}", err=True)
+            raise typer.Exit(1) from None
+        except ImportError as exc:
+            typer.echo(f"ead {fn.__name__}: error: {exc} (install the extras: pip install 'ead-sdk[all]')", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def echo_json(data: Any) -> None:
+    """Print ``data`` as JSON on stdout (NaN and infinities as null, so any JSON parser reads it)."""
+    typer.echo(json.dumps(_finite(data), indent=2))
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if x == x and abs(x) != float("inf") else None
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        return _finite(x.item())
+    return x
+
+
+def default_traces(traces: Path | None) -> Path:
+    """``traces``, or the embedded demo traces when none is given."""
+    if traces is not None:
+        if not traces.exists():
+            raise FileNotFoundError(2, "no such trace file", str(traces))
+        return traces
+    from ead_sdk.demo.record_traces import default_traces_path
+
+    return default_traces_path()
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: floats rounded, ``None``/NaN as a dash."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 @app.callback()
@@ -18,17 +92,19 @@ def _root() -> None:
 
 
 @app.command()
+@user_errors
 def policies(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """List the discovered policies, their distributions and parameters."""
     from ead_sdk.registry import default_registry
 
     reg = default_registry()
     if as_json:
-        out = {
-            "policies": [info.as_dict() for info in reg.policies.values()],
-            "problems": [str(p) for p in reg.problems],
-        }
-        typer.echo(json.dumps(out, indent=2))
+        echo_json(
+            {
+                "policies": [info.as_dict() for info in reg.policies.values()],
+                "problems": [str(p) for p in reg.problems],
+            }
+        )
         return
     table = Table(title="Installed routing policies")
     for col in ("policy", "distribution", "models", "parameters", "summary"):
@@ -41,7 +117,7 @@ def policies(as_json: bool = typer.Option(False, "--json", help="machine-readabl
         table.add_row(info.name, info.distribution, models, params, info.summary)
     console.print(table)
     for problem in reg.problems:
-        console.print(f"[yellow]warning:[/yellow] {problem}")
+        err_console.print(f"[yellow]warning:[/yellow] {problem}")
 
 
 def main() -> None:
@@ -49,5 +125,5 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

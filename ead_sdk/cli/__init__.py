@@ -1,0 +1,13 @@
+"""The ``ead`` command line: policies, offline replay/sweep/calibrate, live record/generate/eval, demo.
+
+Every command takes ``--help``; those that report figures take ``--json``. A user error (any
+`ead_sdk.errors.EadError`, a missing file) prints one line to stderr and exits with status 1.
+"""
+
+from __future__ import annotations
+
+from ead_sdk.cli import live as _live  # noqa: F401  (registers the live commands)
+from ead_sdk.cli import offline as _offline  # noqa: F401  (registers the offline commands)
+from ead_sdk.cli._app import app, main
+
+__all__ = ["app", "main"]

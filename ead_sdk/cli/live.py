@@ -1,0 +1,264 @@
+"""``ead record``, ``ead generate``, ``ead eval`` and ``ead demo``: work that runs the models."""
+# ruff: noqa: B008  (typer declares options as argument defaults)
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, user_errors
+
+MODELS_HELP = "the small and the large model (local paths; default: the embedded demo pair)"
+MODEL_STYLES = ("cyan", "bold magenta", "bold yellow", "bold red")
+
+
+def _models(models: tuple[str, str] | None) -> list[str] | None:
+    if not models or all(m is None for m in models):
+        return None
+    for m in models:
+        if not Path(m).exists():
+            raise FileNotFoundError(2, "no such model directory", m)
+    return list(models)
+
+
+def _backend(models: tuple[str, str] | None, threads: int | None) -> Any:
+    from ead_sdk.demo.live import load_backend, set_threads
+
+    set_threads(threads)
+    return load_backend(_models(models))
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a file: JSON Lines (a string or a ``{"prompt": ...}`` object per line), or text, one per line."""
+    text = path.read_text(encoding="utf-8")
+    prompts: list[str] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            item = item.get("prompt") if isinstance(item, dict) else item
+            if not isinstance(item, str):
+                raise UserError(f"{path}:{i}: expected a string or an object with a 'prompt' string")
+            prompts.append(item)
+        else:
+            prompts.append(line.replace("\\n", "\n"))
+    if not prompts:
+        raise UserError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def _bar(disable: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False, disable=disable,
+    )
+
+
+@app.command()
+@user_errors
+def record(
+    prompts: Path = typer.Option(..., "--prompts", help="prompts file: .jsonl, or text with one prompt per line"),
+    out: Path = typer.Option(..., "--out", "-o", help="the trace file to write (Parquet)"),
+    models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
+    policy: str = typer.Option("fixed", "--policy", "-p", help="the policy that routes the recorded trajectory"),
+    k: int = typer.Option(8, "--k", help="top-k log-probabilities recorded per model and position"),
+    max_new_tokens: int = typer.Option(64, help="the most generated tokens per prompt"),
+    stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
+    batch: int = typer.Option(16, help="prompts decoded together"),
+    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+) -> None:
+    """Decode prompts live and record every model's signals along the trajectory (teacher-forced)."""
+    from ead_sdk.decode import generate
+    from ead_sdk.specs import load_policy
+    from ead_sdk.traces import TraceSet, read_traces, write_traces
+
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    texts = read_prompts(prompts)
+    pol = load_policy(policy)
+    backend = _backend(models, threads)
+    stops = [s.replace("\\n", "\n") for s in stop]
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp, _bar(False) as bar:
+        task = bar.add_task("recording", total=len(texts))
+        for start in range(0, len(texts), batch):
+            chunk = texts[start : start + batch]
+            part = Path(tmp) / f"{start}.arrows"
+            generate(backend, pol, chunk, max_new_tokens=max_new_tokens, stop=stops, record=str(part), record_k=k)
+            ts = read_traces(part)
+            seqs = []
+            for seq in ts:
+                seq.fields["sequence_id"] = start + int(seq.fields["sequence_id"])
+                seqs.append(seq)
+            parts.append(TraceSet.from_sequences(ts.meta, seqs))
+            bar.advance(task, len(chunk))
+        merged = TraceSet.concat(parts)
+        path = write_traces(merged, out, overwrite=True)
+    console.print(f"wrote {len(merged)} sequences, {merged.num_tokens} tokens to {path}")
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: str = typer.Argument(..., help="the prompt text"),
+    models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
+    policy: str = typer.Option("rolling_entropy", "--policy", "-p", help="a policy spec: name, JSON or .json file"),
+    max_new_tokens: int = typer.Option(64, help="the most generated tokens"),
+    stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
+    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Generate from one prompt, each token coloured by the model that emitted it, then the cost report."""
+    from ead_sdk.decode import generate as run_generate
+    from ead_sdk.specs import load_policy
+
+    pol = load_policy(policy)
+    backend = _backend(models, threads)
+    res = run_generate(backend, pol, [prompt], max_new_tokens=max_new_tokens,
+                       stop=[s.replace("\\n", "\n") for s in stop], logprobs=8)
+    lane = res[0]
+    if as_json:
+        echo_json({"prompt": prompt, "text": lane.text, "tokens": list(lane.tokens), "models": list(lane.models),
+                   "finish_reason": lane.finish_reason, "policy": pol.spec(), "report": lane.report.as_dict()})
+        return
+    out = Text(prompt, style="dim")
+    start = 0
+    for i in range(1, len(lane.tokens) + 1):
+        if i == len(lane.tokens) or lane.models[i] != lane.models[start]:
+            m = lane.models[start]
+            out.append(backend.decode(list(lane.tokens[start:i])) or "", style=MODEL_STYLES[m % len(MODEL_STYLES)])
+            start = i
+    console.print(out)
+    legend = "  ".join(f"[{MODEL_STYLES[i]}]{name}[/]" for i, name in enumerate(backend.model_names))
+    rep = lane.report
+    console.print(f"\nmodels: {legend}   policy: {pol.spec()['policy']}")
+    console.print(
+        f"tokens {rep.tokens}  large share {rep.large_share:.3f}  cost ratio {rep.cost_ratio:.3f}  "
+        f"switches {rep.switches}  emitted {list(rep.emitted)}  forwards {list(rep.forwards)}  "
+        f"wasted {list(rep.wasted)}  finish {lane.finish_reason}"
+    )
+
+
+def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """The demo/eval table: quality, large share, cost ratio, share of large-only and gap recovered."""
+    table = Table(title=title)
+    for col in ("policy", "escalation", "setting", "exact", "soft", "similarity", "large share", "cost ratio",
+                "% of large (e/s/sim)", "gap recovered (e/s/sim)"):
+        table.add_column(col, justify="left" if col in ("policy", "escalation", "setting") else "right")
+    for r in rows:
+        q = r["quality"]
+        table.add_row(
+            r["label"], r["escalation"], r["setting"], fmt(q["exact"]), fmt(q["soft"]), fmt(q["similarity"]),
+            fmt(r["large_share"]), fmt(r["cost_ratio"]),
+            "/".join(f"{100 * r['share_of_large'][m]:.0f}" for m in ("exact", "soft", "similarity")),
+            "/".join(f"{100 * r['gap_recovered'][m]:.0f}" for m in ("exact", "soft", "similarity")),
+        )
+    return table
+
+
+@app.command(name="eval")
+@user_errors
+def eval_(
+    policy: list[str] = typer.Option(..., "--policy", "-p", help="a policy spec (repeatable)"),
+    prompts: int = typer.Option(200, "--prompts", "-n", help="held-out demo prompts to evaluate"),
+    models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
+    batch: int = typer.Option(32, help="prompts decoded together"),
+    max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
+    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Live quality vs cost of policies on the demo task, against small-only and large-only."""
+    from ead_sdk.demo import task
+    from ead_sdk.demo.live import evaluate_live
+    from ead_sdk.demo.run import DemoRow, relative_measures
+    from ead_sdk.specs import load_policy
+
+    if prompts < 1:
+        raise UserError("--prompts must be at least 1")
+    specs = [("small only", {"policy": "fixed", "params": {"model": 0}}),
+             ("large only", {"policy": "fixed", "params": {"model": 1}})]
+    specs += [(load_policy(p).name, load_policy(p).spec()) for p in policy]
+    backend = _backend(models, threads)
+    items = task.load_eval_prompts(prompts)
+    rows = []
+    with _bar(as_json) as bar:
+        for label, spec in specs:
+            job = bar.add_task(label, total=len(items))
+            score = evaluate_live(backend, load_policy(spec), items, batch=batch, max_new_tokens=max_new_tokens,
+                                  progress=lambda k, job=job: bar.advance(job, k))
+            rep = score.report
+            params = load_policy(spec).spec().get("params", {})
+            rows.append(DemoRow(label=label, escalation=spec.get("escalation", "next"),
+                                setting=", ".join(f"{k}={v}" for k, v in params.items()), quality=score.quality,
+                                large_share=rep.large_share, cost_ratio=rep.cost_ratio,
+                                switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
+                                traces_large_share=None, seconds=0.0, spec=spec))
+    relative_measures(rows)
+    data = [r.__dict__ for r in rows]
+    if as_json:
+        echo_json({"prompts": len(items), "max_new_tokens": max_new_tokens, "rows": data})
+        return
+    console.print(rows_table(f"live evaluation on {len(items)} held-out demo prompts", data))
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("ead-demo"), "--out", "-o", help="directory for frontier.png and figures.json"),
+    prompts: int = typer.Option(200, "--prompts", "-n", help="held-out prompts evaluated live"),
+    target: float = typer.Option(0.35, help="large-model share the thresholds are calibrated to (on the traces)"),
+    batch: int = typer.Option(32, help="prompts decoded together"),
+    max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
+    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as JSON instead of the table"),
+) -> None:
+    """The embedded demo: calibrate on the shipped traces, evaluate every policy live, plot the frontier."""
+    from ead_sdk.demo.run import best_row, plot_frontier, run_demo
+
+    if prompts < 1:
+        raise UserError("--prompts must be at least 1")
+    if not 0.0 < target < 1.0:
+        raise UserError("--target must be between 0 and 1")
+    with _bar(as_json) as bar:
+        state: dict[str, Any] = {}
+        cal = bar.add_task("calibrating on the embedded traces", total=None)
+
+        def on_start(label: str, n: int) -> None:
+            if "job" not in state:
+                bar.update(cal, total=1, completed=1)
+            state["job"] = bar.add_task(label, total=n)
+
+        figures = run_demo(prompts, target=target, batch=batch, max_new_tokens=max_new_tokens, threads=threads,
+                           on_start=on_start, on_progress=lambda k: bar.advance(state["job"], k))
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_frontier(figures, out / "frontier.png")
+    figures["plot"] = str(png)
+    (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        echo_json(figures)
+        return
+    console.print(rows_table(
+        f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the traces "
+        f"to large share {target:g}", figures["rows"]))
+    for metric in ("soft", "similarity"):
+        best = best_row(figures, metric)
+        if best is not None:
+            ok = best["gap_recovered"][metric] >= 0.8
+            console.print(
+                f"best with large share <= 40% on {metric}: {best['label']} ({best['escalation']}) recovers "
+                f"{100 * best['gap_recovered'][metric]:.0f}% of the gap at {100 * best['large_share']:.0f}% large "
+                f"tokens -> goal (>= 80%) {'met' if ok else 'not met'}"
+            )
+    console.print(f"wrote {png} and {out / 'figures.json'} in {figures['seconds']['total']:.0f} s")

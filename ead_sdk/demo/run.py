@@ -1,0 +1,254 @@
+"""``ead demo``: calibrate policies on the embedded traces, evaluate them live, plot the frontier.
+
+The intended workflow in one job: each policy's threshold is calibrated offline (replay of the
+shipped traces, `ead_sdk.simulators.calibrate`) to a target large-model share, then every
+policy decodes the held-out demo prompts live with the demo pair and its completions are scored.
+The calibration prompts (the traces) and the evaluation prompts are disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ead_sdk.specs import load_policy
+
+from . import task
+
+METRICS = task.METRICS
+
+
+@dataclass(frozen=True)
+class DemoPolicy:
+    """One row of the demo: a label, a base spec, and the parameter calibrated (if any)."""
+
+    label: str
+    spec: dict[str, Any]
+    param: str | None = None
+    bounds: tuple[float, float] | None = None
+    set_to_target: str | None = None  # a parameter set to the target share itself (random p, budget)
+
+
+def demo_policies() -> list[DemoPolicy]:
+    """The policies ``ead demo`` compares, baselines first."""
+    return [
+        DemoPolicy("small only", {"policy": "fixed", "params": {"model": 0}}),
+        DemoPolicy("large only", {"policy": "fixed", "params": {"model": 1}}),
+        DemoPolicy("random", {"policy": "random", "params": {"seed": 0}}, set_to_target="p"),
+        DemoPolicy("confidence", {"policy": "confidence", "escalation": "retry"}, "threshold", (0.0, 1.0)),
+        DemoPolicy("rolling_entropy", {"policy": "rolling_entropy", "params": {"window": 2}}, "threshold", (0.0, 8.0)),
+        DemoPolicy(
+            "rolling_entropy",
+            {"policy": "rolling_entropy", "params": {"window": 1}, "escalation": "retry"},
+            "threshold",
+            (0.0, 8.0),
+        ),
+        DemoPolicy(
+            "hysteresis",
+            {"policy": "hysteresis", "params": {"lower": 1.0}, "escalation": "retry"},
+            "upper",
+            (1.0, 8.0),
+        ),
+        DemoPolicy(
+            "top_h",
+            {"policy": "top_h", "params": {"max_kept": 8, "top_n": 8}, "escalation": "retry"},
+            "min_mass",
+            (0.0, 1.0),
+        ),
+        DemoPolicy("cost_budget", {"policy": "cost_budget", "params": {"mode": "hard"}}, set_to_target="budget"),
+    ]
+
+
+@dataclass
+class Calibrated:
+    """A policy spec after calibration, with the replayed shares that justified it."""
+
+    label: str
+    spec: dict[str, Any]
+    param: str | None = None
+    value: float | None = None
+    traces_large_share: float | None = None
+    held_out_large_share: float | None = None
+
+
+def calibrate_policies(traces: Any, target: float, policies: list[DemoPolicy] | None = None) -> list[Calibrated]:
+    """Calibrate each demo policy on ``traces`` (a `TraceSet`) to large share ``target``."""
+    from ead_sdk.simulators import calibrate, replay
+
+    out = []
+    for dp in policies or demo_policies():
+        spec = json.loads(json.dumps(dp.spec))
+        spec.setdefault("params", {})
+        if dp.set_to_target:
+            spec["params"][dp.set_to_target] = target
+        cal = Calibrated(dp.label, spec)
+        policy = load_policy(spec)
+        if dp.param is not None:
+            res = calibrate(traces, policy, dp.param, target_large_share=target, bounds=dp.bounds)
+            cal.spec, cal.param, cal.value = res.policy.spec(), dp.param, float(res.value)
+            cal.traces_large_share, cal.held_out_large_share = float(res.calibration), float(res.held_out)
+        else:
+            cal.spec = policy.spec()
+            cal.traces_large_share = float(replay(traces, policy).report().large_share)
+        out.append(cal)
+    return out
+
+
+@dataclass
+class DemoRow:
+    """One policy's live figures."""
+
+    label: str
+    escalation: str
+    setting: str
+    quality: dict[str, float]
+    large_share: float
+    cost_ratio: float
+    switches_per_1k: float
+    traces_large_share: float | None
+    seconds: float
+    spec: dict[str, Any] = field(default_factory=dict)
+    share_of_large: dict[str, float] = field(default_factory=dict)
+    gap_recovered: dict[str, float] = field(default_factory=dict)
+
+
+def relative_measures(rows: list[DemoRow]) -> None:
+    """Fill each row's quality as a share of large-only's, and the share of the small-large gap recovered."""
+    small = next(r for r in rows if r.label == "small only").quality
+    large = next(r for r in rows if r.label == "large only").quality
+    for r in rows:
+        for m in METRICS:
+            r.share_of_large[m] = r.quality[m] / large[m] if large[m] else float("nan")
+            gap = large[m] - small[m]
+            r.gap_recovered[m] = (r.quality[m] - small[m]) / gap if gap else float("nan")
+
+
+def _setting(cal: Calibrated) -> str:
+    params = cal.spec.get("params", {})
+    if cal.param is not None:
+        return f"{cal.param}={cal.value:.3g}"
+    keys = [k for k in ("model", "p", "budget") if k in params]
+    return ", ".join(f"{k}={params[k]}" for k in keys)
+
+
+def run_demo(
+    n: int = 200,
+    *,
+    target: float = 0.35,
+    batch: int = 32,
+    max_new_tokens: int = 48,
+    traces: str | Path | None = None,
+    threads: int | None = None,
+    on_start: Callable[[str, int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Calibrate on the traces, evaluate every demo policy live on ``n`` prompts, return the figures.
+
+    ``on_start(label, prompts)`` is called before each policy, ``on_progress(k)`` as batches finish.
+    """
+    from ead_sdk.traces import read_traces
+
+    from .live import evaluate_live, load_backend, set_threads
+    from .record_traces import default_traces_path
+
+    t0 = time.perf_counter()
+    used_threads = set_threads(threads)
+    trace_path = Path(traces) if traces is not None else default_traces_path()
+    trace_set = read_traces(trace_path)
+    calibrated = calibrate_policies(trace_set, target)
+    t_cal = time.perf_counter() - t0
+    backend = load_backend()
+    prompts = task.load_eval_prompts(n)
+    rows = []
+    for cal in calibrated:
+        if on_start is not None:
+            on_start(f"{cal.label} ({cal.spec.get('escalation', 'next')})", len(prompts))
+        start = time.perf_counter()
+        score = evaluate_live(backend, load_policy(cal.spec), prompts, batch=batch,
+                              max_new_tokens=max_new_tokens, progress=on_progress)
+        rep = score.report
+        rows.append(
+            DemoRow(
+                label=cal.label,
+                escalation=cal.spec.get("escalation", "next"),
+                setting=_setting(cal),
+                quality=score.quality,
+                large_share=rep.large_share,
+                cost_ratio=rep.cost_ratio,
+                switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
+                traces_large_share=cal.traces_large_share,
+                seconds=time.perf_counter() - start,
+                spec=cal.spec,
+            )
+        )
+    relative_measures(rows)
+    import platform
+
+    import torch
+
+    return {
+        "task": "complete the held-out line (ead_sdk.demo.task, cut='half'), greedy, stop at newline",
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "batch": batch,
+        "target_large_share": target,
+        "traces": str(trace_path),
+        "trace_sequences": len(trace_set),
+        "models": list(backend.model_names),
+        "param_counts": list(backend.param_counts),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": used_threads,
+                    "device": str(backend.device)},
+        "seconds": {"calibration": t_cal, "total": time.perf_counter() - t0},
+        "rows": [r.__dict__ for r in rows],
+    }
+
+
+def best_row(figures: dict[str, Any], metric: str = "soft", max_share: float = 0.4) -> dict[str, Any] | None:
+    """The routed row with the most gap recovered on ``metric`` among those with large share <= ``max_share``."""
+    rows = [r for r in figures["rows"] if r["label"] not in ("small only", "large only")
+            and r["large_share"] <= max_share]
+    return max(rows, key=lambda r: r["gap_recovered"][metric], default=None)
+
+
+def plot_frontier(figures: dict[str, Any], path: str | Path) -> Path:
+    """Write the quality/cost plot: each metric's gap recovered against the large model's share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = figures["rows"]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 5), sharey=True)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        ax.axhspan(0.8, 1.25, xmin=0, xmax=0.4 / 1.05, color="tab:green", alpha=0.08)
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.axhline(1, color="grey", lw=0.8, ls=":")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="random mixing")
+        for r in rows:
+            marker = "s" if r["label"] in ("small only", "large only") else ("^" if r["escalation"] == "retry" else "o")
+            ax.scatter(r["large_share"], r["gap_recovered"][metric], marker=marker, s=50, zorder=3)
+            ax.annotate(f"{r['label']}" + (" (retry)" if r["escalation"] == "retry" else ""),
+                        (r["large_share"], r["gap_recovered"][metric]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+        ax.set_xlim(-0.03, 1.05)
+        ax.set_ylim(min(-0.2, min(r["gap_recovered"][metric] for r in rows) - 0.05), 1.25)
+        ax.set_xlabel("large model's share of emitted tokens")
+        ax.set_title(f"{metric}: small {rows[0]['quality'][metric]:.3f}, large {rows[1]['quality'][metric]:.3f}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of the small-to-large quality gap recovered")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(
+        f"ead demo: live greedy completion of {figures['prompts']} held-out lines "
+        f"(green: goal, >= 80% of the gap with <= 40% large tokens; triangles: retry escalation)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
