@@ -29,10 +29,12 @@ def fill_ledger(
         computed: int8 ``(T, lanes)`` model shown to the policy at each position (-1: past the end).
         emitted: int8 ``(T, lanes)`` model that emitted each position (-1: past the end).
         lengths: ``(lanes,)`` generated tokens per lane.
-        chunk: positions per block (blocks of rows stay in cache).
+        chunk: positions per block (blocks of rows stay in cache; at most 100).
     """
     n, m_count = ledger.n, ledger.num_models
     t_max = computed.shape[0]
+    chunk = max(1, min(chunk, 100))  # per-block counts fit in int8 (fast reductions, no upcast)
+    rank = np.arange(1, chunk + 1, dtype=np.int8)[:, None]
     shown_n = np.zeros((m_count, n), np.int64)
     emitted_n = np.zeros((m_count, n), np.int64)
     wasted_n = np.zeros((m_count, n), np.int64)
@@ -42,27 +44,26 @@ def fill_ledger(
     for t0 in range(0, t_max, chunk):
         c = computed[t0 : t0 + chunk]
         e = emitted[t0 : t0 + chunk]
+        rows = c.shape[0]
         retried = c != e  # False past the end, where both are -1
         any_retry = bool(retried.any())
         for m in range(m_count):
             shown = c == m
             emits = e == m
-            shown_n[m] += shown.sum(0, dtype=np.int64)
-            emitted_n[m] += emits.sum(0, dtype=np.int64)
+            shown_n[m] += shown.sum(0, dtype=np.int8)
+            emitted_n[m] += emits.sum(0, dtype=np.int8)
             touched = shown
             if any_retry:
                 reemit = emits & retried
-                wasted_n[m] += (shown & retried).sum(0, dtype=np.int64)
-                reemit_n[m] += reemit.sum(0, dtype=np.int64)
+                wasted_n[m] += (shown & retried).sum(0, dtype=np.int8)
+                reemit_n[m] += reemit.sum(0, dtype=np.int8)
                 touched = shown | reemit
-            # last position computed so far: the latest row of this block that touched m.
-            hit = touched.any(0)
-            if hit.any():
-                rows = touched.shape[0] - 1 - np.argmax(touched[::-1], axis=0)
-                last[m] = np.where(hit, t0 + rows, last[m])
+            # last position computed so far: 1 + the latest row of this block that touched m (0: none).
+            latest = np.multiply(touched, rank[:rows], dtype=np.int8).max(0)
+            last[m] = np.where(latest > 0, t0 - 1 + latest.astype(np.int64), last[m])
         prev = emitted[t0 - 1 : t0 - 1 + e.shape[0] + 1] if t0 > 0 else e
         change = (prev[1:] != prev[:-1]) & (prev[1:] >= 0)
-        switches += change.sum(0, dtype=np.int64)
+        switches += change.sum(0, dtype=np.int8)
     steps_n = shown_n + reemit_n
     used = steps_n > 0
     ledger.steps[:] = steps_n.T
