@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from ead_sdk.simulators.totals import ReplayTotals, Totals, merge_table, totals_table
+from ead_sdk.simulators.totals import ReplayTotals, Totals, error_table, merge_table, totals_table
 
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import EadError, ParameterError, TraceError
@@ -128,34 +128,55 @@ def sweep_batch(
     cost_json: str,
     with_topk: bool,
     max_lanes: int,
+    source: str = "<ray batch>",
 ) -> pa.Table:
     """Worker side of a sweep: the `Totals` of every configuration on one batch of sequences."""
     from ead_sdk.simulators.replay import ReplayData
     from ead_sdk.simulators.sweep import sweep_totals
 
-    meta = TraceMeta.from_json(meta_json, source="<ray batch>")
-    configs = json.loads(configs_json)
-    data = ReplayData.from_traces(TraceSet(meta, table, "<ray batch>"), with_topk=with_topk)
-    totals = sweep_totals(
-        data, policy_name, configs, escalation=escalation, initial_model=initial_model,
-        cost_model=_cost_from_json(cost_json), with_topk=with_topk, max_lanes=max_lanes,
-    )
+    try:
+        meta = TraceMeta.from_json(meta_json, source=source)
+        configs = json.loads(configs_json)
+        data = ReplayData.from_traces(_checked(meta, table, source), with_topk=with_topk)
+        totals = sweep_totals(
+            data, policy_name, configs, escalation=escalation, initial_model=initial_model,
+            cost_model=_cost_from_json(cost_json), with_topk=with_topk, max_lanes=max_lanes,
+        )
+    except EadError as exc:  # reported to the driver as data, raised there as its own class
+        return error_table(exc)
     return totals_table(totals, list(range(len(configs))))
 
 
-def replay_batch(table: pa.Table, *, meta_json: str, spec_json: str, cost_json: str, with_topk: bool) -> pa.Table:
+def replay_batch(
+    table: pa.Table, *, meta_json: str, spec_json: str, cost_json: str, with_topk: bool, source: str = "<ray batch>"
+) -> pa.Table:
     """Worker side of a replay: the `Totals` of one policy (built from its spec) on one batch."""
     from ead_sdk.simulators.replay import ReplayData, replay
 
     from ead_sdk.specs import load_policy
 
-    meta = TraceMeta.from_json(meta_json, source="<ray batch>")
-    data = ReplayData.from_traces(TraceSet(meta, table, "<ray batch>"), with_topk=with_topk)
-    if data.num_sequences == 0:
-        return totals_table([Totals(meta.num_models)], [0])
-    policy = load_policy(json.loads(spec_json))
-    result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk)
+    try:
+        meta = TraceMeta.from_json(meta_json, source=source)
+        data = ReplayData.from_traces(_checked(meta, table, source), with_topk=with_topk)
+        if data.num_sequences == 0:
+            return totals_table([Totals(meta.num_models)], [0])
+        policy = load_policy(json.loads(spec_json))
+        result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk)
+    except EadError as exc:  # reported to the driver as data, raised there as its own class
+        return error_table(exc)
     return totals_table([Totals.of_lanes(result)], [0])
+
+
+def _checked(meta: TraceMeta, table: pa.Table, source: str) -> TraceSet:
+    """The batch as a `TraceSet`, every value checked as the local reader checks it."""
+    from ead_sdk.traces.validate import validate_batch
+
+    where = f"{source} (a Ray batch; rows counted within it)"
+    first = 0
+    for batch in table.to_batches():
+        validate_batch(meta, batch, where, first)
+        first += batch.num_rows
+    return TraceSet(meta, table, source)
 
 
 # -- the driver side ---------------------------------------------------------------------------
@@ -167,7 +188,7 @@ def _run(ds, fn, kwargs: dict[str, Any], n_configs: int, rows: int, batch_rows: 
     merged: dict[int, Totals] = {}
     lanes = 0
     for part in out.iter_batches(batch_format="pyarrow", batch_size=None):
-        lanes += merge_table(part, merged)
+        lanes += merge_table(part, merged)  # raises the error a worker reported, as its own class
         if progress is not None:
             progress(lanes // max(n_configs, 1), rows)
     return [merged[c] for c in range(n_configs)] if merged else []
@@ -187,6 +208,7 @@ def ray_sweep_totals(
     batch_rows: int = 1024,
     max_lanes: int = 1 << 16,
     progress: Progress | None = None,
+    source: str = "<ray dataset>",
 ) -> list[Totals]:
     """The merged `Totals` of every configuration over a Ray dataset of trace rows."""
     kwargs = {
@@ -198,6 +220,7 @@ def ray_sweep_totals(
         "cost_json": _cost_json(cost_model),
         "with_topk": bool(with_topk),
         "max_lanes": int(max_lanes),
+        "source": source,
     }
     totals = _run(ds, sweep_batch, kwargs, len(configs), rows, batch_rows, progress)
     return totals or [Totals(meta.num_models) for _ in configs]
@@ -229,6 +252,7 @@ def ray_sweep(
     totals = ray_sweep_totals(
         ds, meta, rows, policy_name, configs, escalation=escalation, initial_model=initial_model,
         cost_model=cost_model, with_topk=with_topk, batch_rows=batch_rows, progress=progress,
+        source=_name(source),
     )
     return result_from_totals(configs, totals, cost_model, quality)
 
@@ -271,9 +295,14 @@ def ray_replay(
         "spec_json": json.dumps(spec),
         "cost_json": _cost_json(cost_model),
         "with_topk": bool(with_topk),
+        "source": _name(source),
     }
     totals = _run(ds, replay_batch, kwargs, 1, rows, batch_rows, progress)
     return ReplayTotals(spec, cost_model, totals[0] if totals else Totals(meta.num_models))
+
+
+def _name(source: Source | Any) -> str:
+    return source.source if isinstance(source, TraceSet) else str(source)
 
 
 def _meta_of(source: Source | Any) -> TraceMeta:

@@ -223,6 +223,8 @@ TOTALS_SCHEMA = pa.schema(
         pa.field("quality", pa.list_(pa.float64())),
         pa.field("correct_small", pa.int64()),
         pa.field("correct_large", pa.int64()),
+        pa.field("error_type", pa.string()),
+        pa.field("error", pa.string()),
     ]
 )
 """Arrow schema of per-configuration totals: one row per (batch, configuration)."""
@@ -261,14 +263,34 @@ def totals_table(totals: list[Totals], configs: list[int]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TOTALS_SCHEMA)
 
 
+def error_table(exc: EadError) -> pa.Table:
+    """A worker's SDK error as a one-row `TOTALS_SCHEMA` table (`merge_table` raises it)."""
+    return pa.Table.from_pylist([{"config": -1, "error_type": type(exc).__name__, "error": str(exc)}],
+                                schema=TOTALS_SCHEMA)
+
+
+def _raise_reported(row: dict[str, Any]) -> None:
+    import ead_sdk.errors as errors
+
+    cls = getattr(errors, str(row["error_type"]), EadError)
+    if not (isinstance(cls, type) and issubclass(cls, EadError)):
+        cls = EadError
+    raise cls(row["error"])
+
+
 def merge_table(table: pa.Table, into: dict[int, Totals]) -> int:
     """Merge every row of a `totals_table` into ``into`` (keyed by configuration).
 
     Returns:
         The lanes merged (sequences summed over the rows).
+
+    Raises:
+        EadError: the error a worker reported (`error_table`), as its own class.
     """
     lanes = 0
     for row in table.to_pylist():
+        if row.get("error") is not None:
+            _raise_reported(row)
         t = Totals.from_row(row)
         c = int(row["config"])
         if c in into:
@@ -279,4 +301,4 @@ def merge_table(table: pa.Table, into: dict[int, Totals]) -> int:
     return lanes
 
 
-__all__ = ["TOTALS_SCHEMA", "ReplayTotals", "Totals", "merge_table", "msum", "totals_table"]
+__all__ = ["TOTALS_SCHEMA", "ReplayTotals", "Totals", "error_table", "merge_table", "msum", "totals_table"]

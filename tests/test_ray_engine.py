@@ -149,3 +149,16 @@ def test_ray_tasks_record_one_shard_each_and_the_compacted_dataset_replays_on_ra
     on_ray = sweep(out, "rolling_entropy", grid, engine="ray", batch_rows=5)
     local = sweep(out, "rolling_entropy", grid)
     assert same_tables(local.table, on_ray.table) and on_ray.table.column("sequences").to_pylist() == [12, 12]
+
+
+def test_ray_workers_check_every_value_like_the_local_reader(ray_local, tmp_path):
+    traces = synthetic_traces(5, 8, seed=1)
+    seqs = traces.sequences()
+    bad = seqs[3].entropy.copy()
+    bad[2, 0] = np.nan
+    seqs[3] = type(seqs[3])(**{**seqs[3].__dict__, "entropy": bad})
+    from ead_sdk.traces import TraceSet
+
+    path = write_traces(TraceSet.from_sequences(traces.meta, seqs), tmp_path / "bad.parquet")
+    with pytest.raises(TraceError, match=r"bad.parquet.*field 'entropy'"):
+        sweep(path, "rolling_entropy", {"threshold": [1.0]}, engine="ray")
