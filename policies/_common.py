@@ -53,16 +53,17 @@ def push_window(
     n, wmax = history.shape
     at = xp.arange(0, n * wmax, wmax, dtype=slot.dtype, device=history.device) + slot
     flat = xp.reshape(history, (-1,))
-    old = xp.take(flat, at)
+    old = flat[at]
     # Subtract first: a window of one value then holds that value exactly ((v - v) + value).
     total = xp.where(live, (total - old) + value, total)
     flat = xp.asarray(flat, copy=True)
     flat[at] = xp.where(live, value, old)
-    step_on = xp.astype(live, count.dtype)
+    step_on = xp.astype(live, count.dtype, copy=False)
     count = count + step_on
     slot = slot + step_on
     slot = slot * xp.astype(slot != window, slot.dtype)
-    k = xp.maximum(xp.minimum(window, count), 1)  # lanes that never stepped: total 0 over 1
+    k = xp.minimum(window, count)
+    k = k + xp.astype(k == 0, k.dtype)  # lanes that never stepped: total 0 over 1
     mean = total / xp.astype(k, total.dtype)
     return xp.reshape(flat, (n, wmax)), count, slot, total, mean
 

@@ -74,7 +74,7 @@ class HysteresisPolicy(Policy):
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
         live = step.live
-        e = xp.astype(step.entropy, state["history"].dtype)
+        e = xp.astype(step.entropy, state["history"].dtype, copy=False)
         count = state["count"]
         history, new_count, slot, total, mean = push_window(
             state["history"], count, state["slot"], state["total"], state["window"], e, live, xp
@@ -84,12 +84,12 @@ class HysteresisPolicy(Policy):
         signal = ema * state["signal"] + (1.0 - ema) * mean
 
         # Boolean algebra instead of nested `where`s (two models: "on the large one" is a bool).
-        model = xp.astype(step.model, xp.int64)
+        model = xp.astype(step.model, xp.int64, copy=False)
         on_large = model == 1
         target = (signal > state["upper"]) | (on_large & ~(signal < state["lower"]))
         dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        keep = dwell < state["min_dwell"]
-        routes = (live & ((keep & on_large) | (~keep & target))) | (~live & on_large)
+        stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
+        routes = (stay & on_large) | (~stay & target)
         new = dict(
             state,
             history=history,

@@ -76,12 +76,12 @@ class RollingEntropyPolicy(Policy):
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
         live = step.live
-        e = xp.astype(step.entropy, state["history"].dtype)
+        e = xp.astype(step.entropy, state["history"].dtype, copy=False)
         history, count, slot, total, mean = push_window(
             state["history"], state["count"], state["slot"], state["total"], state["window"], e, live, xp
         )
         threshold = state["threshold"]
-        model = xp.astype(step.model, xp.int64)
+        model = xp.astype(step.model, xp.int64, copy=False)
         dwell = update_dwell(model, state["current"], state["dwell"], xp)
         keep = dwell < state["min_dwell"]
         new = dict(
@@ -94,8 +94,9 @@ class RollingEntropyPolicy(Policy):
             dwell=xp.where(live, dwell, state["dwell"]),
         )
         if threshold.shape[1] == 1:  # two models: boolean algebra instead of `where`s
-            on_large = model == 1
-            routes = (live & ((keep & on_large) | (~keep & (mean > threshold[:, 0])))) | (~live & on_large)
+            # the current model where the lane is finished or must dwell, else the threshold's pick
+            stay = keep | ~live
+            routes = (stay & (model == 1)) | (~stay & (mean > threshold[:, 0]))
             return xp.astype(routes, xp.int64), new
         target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
         routes = xp.where(keep, model, target)
