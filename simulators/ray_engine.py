@@ -65,8 +65,8 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
 
     Args:
         source: the path of a Parquet trace file or dataset directory (every worker must be able
-            to read it: a shared file system or object storage), or a `TraceSet` in memory
-            (sent to the object store from the driver).
+            to read it at the same path: a shared file system), or a `TraceSet` in memory (sent to
+            Ray's object store from the driver).
         columns: the columns to read (``None``: all).
 
     Returns:

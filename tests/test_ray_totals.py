@@ -117,3 +117,13 @@ def test_bad_engines_are_refused():
     pol = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0}})
     with pytest.raises(ParameterError, match="dataset path needs engine='ray'"):
         calibrate("/nonexistent", pol, "threshold", target_large_share=0.3)
+
+
+def test_engine_ray_without_ray_installed_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from ead_sdk.simulators.ray_engine import RayUnavailableError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(RayUnavailableError, match=r"pip install 'ead-sdk\[ray\]'"):
+        sweep(synthetic_traces(2, 5), "rolling_entropy", {"threshold": [1.0]}, engine="ray")
