@@ -117,7 +117,9 @@ class PolicyObserver(LogitsProcessor):
         param_count: the model's parameter count in the trace (default: counted from ``model``).
 
     After ``generate`` returns, call `finish` with its output: the last generated token only
-    appears there (a processor never sees the token drawn at the final step).
+    appears there (a processor never sees the token drawn at the final step). For the same
+    reason `Step.token` is ``None`` when the policy decides: the token is drawn after the
+    processors run. The observer holds one ``generate`` call at a time: use one per thread.
     """
 
     def __init__(
