@@ -102,6 +102,11 @@ def sweep(
                                 "(default: quality when the trace has labels, else agreement)"),
     plot: Path = typer.Option(None, "--plot", help="write the quality/cost frontier as a PNG here"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data over a Parquet "
+                               "dataset; needs the ray extra)"),
+    address: str = typer.Option(None, "--address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, "
+                                "else a local instance)"),
+    batch_rows: int = typer.Option(1024, "--batch-rows", help="sequences per Ray task (--engine ray)"),
 ) -> None:
     """Replay every configuration of a parameter grid in one batched run: table and Pareto frontier."""
     from ead_sdk.simulators import sweep as run_sweep
@@ -109,10 +114,21 @@ def sweep(
 
     path = default_traces(traces)
     params = parse_grid(grid)
-    trace_set = read_traces(path)
+    if engine not in ("local", "ray"):
+        raise UserError(f"--engine {engine!r}: expected local or ray")
+    trace_set = read_traces(path, columns=["correct"] if engine == "ray" else None)
     if quality is None:
         quality = "quality" if _has_labels(trace_set) else "agreement"
-    result = run_sweep(trace_set, policy, params, escalation=escalation, quality=quality)
+    if engine == "ray":  # the workers read the dataset; this process reads only the labels column
+        with Progress(transient=True, console=console, disable=as_json) as bar:
+            task = bar.add_task("sweep on Ray (sequences)", total=None)
+            result = run_sweep(
+                path, policy, params, escalation=escalation, quality=quality, engine="ray", address=address,
+                batch_rows=batch_rows,
+                progress=lambda done, total: bar.update(task, completed=done, total=total if total >= 0 else None),
+            )
+    else:
+        result = run_sweep(trace_set, policy, params, escalation=escalation, quality=quality)
     rows = result.table.to_pylist()
     front = {tuple(sorted(r.items())) for r in (_row_key(x) for x in result.frontier.to_pylist())}
     for r in rows:
