@@ -162,3 +162,20 @@ def test_ray_workers_check_every_value_like_the_local_reader(ray_local, tmp_path
     path = write_traces(TraceSet.from_sequences(traces.meta, seqs), tmp_path / "bad.parquet")
     with pytest.raises(TraceError, match=r"bad.parquet.*field 'entropy'"):
         sweep(path, "rolling_entropy", {"threshold": [1.0]}, engine="ray")
+
+
+def test_cli_sweep_engine_ray_prints_the_local_rows(ray_local, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ead_sdk.cli import app
+
+    path = write_traces(synthetic_traces(9, (1, 30), seed=6), tmp_path / "t.parquet")
+    args = ["sweep", str(path), "-p", "rolling_entropy", "-g", "threshold=0.5,1.5", "-g", "unit=nats", "--json"]
+    local = CliRunner().invoke(app, args)
+    on_ray = CliRunner().invoke(app, [*args, "--engine", "ray", "--batch-rows", "4"])
+    assert local.exit_code == 0 and on_ray.exit_code == 0, on_ray.output
+    assert json.loads(on_ray.stdout)["rows"] == json.loads(local.stdout)["rows"]
+    bad = CliRunner().invoke(app, [*args, "--engine", "spark"])
+    assert bad.exit_code != 0 and "expected local or ray" in bad.output
