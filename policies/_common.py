@@ -62,8 +62,7 @@ def push_window(
     count = count + step_on
     slot = slot + step_on
     slot = slot * xp.astype(slot != window, slot.dtype)
-    k = xp.minimum(window, count)
-    k = k + xp.astype(k == 0, k.dtype)  # lanes that never stepped: total 0 over 1
+    k = xp.clip(xp.minimum(window, count), 1)  # lanes that never stepped: total 0 over 1
     mean = total / xp.astype(k, total.dtype)
     return xp.reshape(flat, (n, wmax)), count, slot, total, mean
 
