@@ -244,3 +244,23 @@ def test_the_production_quickstart_runs_as_written(tmp_path, monkeypatch, capsys
     prompts = [row[m.bool()].tolist() for row, m in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
     ref = direct(prompts, policy, [tokenizer.eos_token_id], max_new_tokens=32)
     check_same(out, inputs["input_ids"], ref)
+
+
+def test_a_three_model_ladder_and_logprob_policies_match_the_sdk_decoder():
+    medium = tiny(1, 24, seed=2)
+    ids, mask = batch([[5, 9, 11], [7, 8]])
+    ladder = {"policy": "rolling_entropy", "params": {"window": 1, "threshold": [0.8, 1.6], "unit": "nats"}}
+    out = medium.generate(ids, attention_mask=mask, custom_generate=ead_generate, ead_policy=ladder,
+                          ead_models=[LARGE, SMALL], max_new_tokens=10, eos_token_id=[], pad_token_id=0,
+                          return_dict_in_generate=True)
+    backend = TransformersBackend([SMALL, medium, LARGE], eos_token_id=[])
+    ref = ead_sdk.generate(backend, ead_sdk.load_policy(ladder), [[5, 9, 11], [7, 8]], max_new_tokens=10)
+    check_same(out, ids, ref)
+    assert set(out.routes.flatten().tolist()) >= {0, 1, 2}  # every rung emitted tokens
+    confidence = {"policy": "confidence", "params": {"threshold": 0.6}}
+    out = LARGE.generate(ids, attention_mask=mask, custom_generate=ead_generate, ead_policy=confidence,
+                         ead_models=[SMALL], ead_logprobs="full", max_new_tokens=10, eos_token_id=[], pad_token_id=0,
+                         return_dict_in_generate=True)
+    ref = direct([[5, 9, 11], [7, 8]], ead_sdk.load_policy(confidence), [], max_new_tokens=10, logprobs="full")
+    check_same(out, ids, ref)
+    assert {0, 1} <= set(out.routes.flatten().tolist())
