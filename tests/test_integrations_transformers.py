@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -264,3 +265,24 @@ def test_a_three_model_ladder_and_logprob_policies_match_the_sdk_decoder():
     ref = direct([[5, 9, 11], [7, 8]], ead_sdk.load_policy(confidence), [], max_new_tokens=10, logprobs="full")
     check_same(out, ids, ref)
     assert {0, 1} <= set(out.routes.flatten().tolist())
+
+
+def test_a_spec_written_by_ead_calibrate_decodes_in_transformers(tmp_path):
+    """The whole path: record a trace, `ead calibrate --out spec.json`, then generate with it."""
+    from typer.testing import CliRunner
+
+    from ead_sdk.cli import app
+
+    prompts = [[5, 9, 11], [7, 8], [4, 4, 6], [12, 30, 31, 3], [40], [50, 51]]
+    ead_sdk.generate(TransformersBackend([SMALL, LARGE], eos_token_id=[]), ead_sdk.load_policy(spec()), prompts,
+                     max_new_tokens=12, record=str(tmp_path / "trace.arrows"))
+    start = json.dumps({"policy": "rolling_entropy", "params": {"window": 2, "unit": "nats"}})
+    run = CliRunner().invoke(app, ["calibrate", str(tmp_path / "trace.arrows"), "--policy", start, "--param",
+                                   "threshold", "--target-large-share", "0.4", "--out", str(tmp_path / "spec.json")])
+    assert run.exit_code == 0, run.output
+    ids, mask = batch(prompts[:2])
+    out = LARGE.generate(ids, attention_mask=mask, custom_generate=ead_generate, ead_policy=str(tmp_path / "spec.json"),
+                         ead_models=[SMALL], max_new_tokens=12, eos_token_id=[], pad_token_id=0,
+                         return_dict_in_generate=True)
+    calibrated = ead_sdk.load_policy(tmp_path / "spec.json")
+    check_same(out, ids, direct(prompts[:2], calibrated, [], max_new_tokens=12))
