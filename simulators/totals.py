@@ -2,14 +2,16 @@
 
 A summary (`aggregate`, a sweep row) is a function of sums over sequences: integer forward
 counters, integer agreement counts, and float sums (log-likelihood, per-sequence quality). The
-integers add exactly in any order; the float sums are kept as exact Shewchuk partials (`msum`)
-and rounded once with `math.fsum`, so totals built from any split of the sequences into batches
-(one process or many Ray workers) and merged in any order give bit-identical figures. Ratios
-are computed once, from the merged totals, by `Totals.summary`.
+integers add exactly in any order; the float sums are kept as exact partials (`msum`: a few
+floats whose exact sum is the exact sum of the values) and rounded once with `math.fsum`, so
+totals built from any split of the sequences into batches (one process or many Ray workers) and
+merged in any order give bit-identical figures. Ratios are computed once, from the merged
+totals, by `Totals.summary`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,25 +30,23 @@ _COUNTERS = ("emitted", "steps", "catchup", "wasted", "prefill")
 
 
 def msum(values: Iterable[float], partials: list[float] | None = None) -> list[float]:
-    """Exact running sum: non-overlapping partials whose exact sum is the sum of ``values``.
+    """Exact sum of ``values`` (and earlier ``partials``) as a short list of floats.
 
-    Shewchuk's algorithm (the one behind `math.fsum`); ``math.fsum(partials)`` is the correctly
-    rounded total, and the partials of two sets concatenated are exact partials of their union.
+    The exact sum of the returned floats is the exact sum of the inputs, so ``math.fsum`` of
+    them is the correctly rounded total, and the partials of two sets concatenated are exact
+    partials of their union. Each float is the correctly rounded remainder left by the earlier
+    ones (one C `math.fsum` pass each, usually two or three in all); the remainder shrinks by at
+    least 52 binary orders per pass, so the loop ends. A non-finite input gives ``[nan or inf]``.
     """
-    out = [] if partials is None else partials
-    for x in values:
-        i = 0
-        for y in out:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                out[i] = lo
-                i += 1
-            x = hi
-        out[i:] = [x]
-    return out
+    vals = list(values) if partials is None else [*partials, *values]
+    out: list[float] = []
+    while True:
+        rest = math.fsum(itertools.chain(vals, (-p for p in out)))
+        if rest == 0.0:
+            return out
+        if not math.isfinite(rest):
+            return [rest]
+        out.append(rest)
 
 
 @dataclass

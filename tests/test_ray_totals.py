@@ -6,6 +6,7 @@ These tests need no Ray: they run the worker-side kernel (`sweep_totals`) on bat
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -39,9 +40,12 @@ finite = st.floats(-1e12, 1e12, allow_nan=False, allow_infinity=False)
 
 @given(st.lists(finite, max_size=40), st.lists(finite, max_size=40))
 def test_msum_partials_merge_exactly(a, b):
-    """Property: the partials of two lists, concatenated, round (fsum) to the correctly rounded
-    sum of both lists, whatever the order of the merge."""
+    """Property: msum's partials sum exactly (as rationals) to the values' sum, and the partials
+    of two lists, concatenated, round (fsum) to the correctly rounded sum of both lists, whatever
+    the order of the merge."""
     want = math.fsum(a + b)
+    exact = sum((Fraction(x) for x in a + b), Fraction(0))  # the slow reference: rationals
+    assert sum((Fraction(x) for x in msum(a + b)), Fraction(0)) == exact
     assert math.fsum(msum(a) + msum(b)) == want
     assert math.fsum(msum(b, msum(a))) == want
     assert math.fsum(msum(a, msum(b))) == want
