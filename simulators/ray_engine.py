@@ -275,8 +275,10 @@ def ray_replay(
     """
     from ead_sdk.simulators.sweep import replay_columns
 
+    from ead_sdk.params import is_lane_array
+
     for name, value in policy.params.items():
-        if np.ndim(value) > 0:
+        if is_lane_array(value):
             raise ParameterError(
                 f"policy {policy.name!r}: parameter {name!r} is per-lane; engine='ray' replays scalar "
                 "parameters (use sweep for a grid)"

@@ -100,6 +100,12 @@ def test_ray_replay_equals_the_local_replay(ray_local, tmp_path):
         assert on_ray.summary()[k] == v or (math.isnan(v) and math.isnan(on_ray.summary()[k])), k
 
 
+def test_ray_replay_of_a_ladder_policy_equals_the_local_replay(ray_local):
+    traces = synthetic_traces(7, (0, 30), num_models=3, seed=8)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": [0.6, 1.8], "unit": "nats"}})
+    assert replay(traces, policy, engine="ray", batch_rows=2).report() == replay(traces, policy).report()
+
+
 def test_ray_calibrate_equals_the_local_calibrate(ray_local):
     traces = synthetic_traces(20, (5, 40), seed=2)
     policy = load_policy({"policy": "rolling_entropy", "params": {"window": 3, "unit": "nats"}})
