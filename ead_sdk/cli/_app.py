@@ -25,6 +25,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_MESSAGE = 400  # an error naming a long per-lane array still fits a terminal line or two
 
 
 class UserError(EadError):
@@ -40,7 +41,9 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (EadError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             msg = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.strerror}: {exc.filename}"
-            typer.echo(f"ead {fn.__name__}: error: {msg}", err=True)
+            if len(msg) > MAX_MESSAGE:
+                msg = msg[: MAX_MESSAGE - 3] + "..."
+            typer.echo(f"ead {fn.__name__.rstrip('_')}: error: {msg}", err=True)
             raise typer.Exit(1) from None
         except ImportError as exc:
             typer.echo(f"ead {fn.__name__}: error: {exc} (install the extras: pip install 'ead-sdk[all]')", err=True)

@@ -76,7 +76,7 @@ def record(
     max_new_tokens: int = typer.Option(64, help="the most generated tokens per prompt"),
     stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
     batch: int = typer.Option(16, help="prompts decoded together"),
-    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    threads: int = typer.Option(None, help="torch threads (default 1)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out"),
 ) -> None:
     """Decode prompts live and record every model's signals along the trajectory (teacher-forced)."""
@@ -117,7 +117,7 @@ def generate(
     policy: str = typer.Option("rolling_entropy", "--policy", "-p", help="a policy spec: name, JSON or .json file"),
     max_new_tokens: int = typer.Option(64, help="the most generated tokens"),
     stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
-    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    threads: int = typer.Option(None, help="torch threads (default 1)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Generate from one prompt, each token coloured by the model that emitted it, then the cost report."""
@@ -174,9 +174,9 @@ def eval_(
     policy: list[str] = typer.Option(..., "--policy", "-p", help="a policy spec (repeatable)"),
     prompts: int = typer.Option(200, "--prompts", "-n", help="held-out demo prompts to evaluate"),
     models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
-    batch: int = typer.Option(32, help="prompts decoded together"),
+    batch: int = typer.Option(2, help="prompts decoded together (small is faster on CPU)"),
     max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
-    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    threads: int = typer.Option(None, help="torch threads (default 1)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Live quality vs cost of policies on the demo task, against small-only and large-only."""
@@ -219,9 +219,9 @@ def demo(
     out: Path = typer.Option(Path("ead-demo"), "--out", "-o", help="directory for frontier.png and figures.json"),
     prompts: int = typer.Option(200, "--prompts", "-n", help="held-out prompts evaluated live"),
     target: float = typer.Option(0.35, help="large-model share the thresholds are calibrated to (on the traces)"),
-    batch: int = typer.Option(32, help="prompts decoded together"),
+    batch: int = typer.Option(2, help="prompts decoded together (small is faster on CPU)"),
     max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
-    threads: int = typer.Option(None, help="torch threads (default: CPU count, at most 4)"),
+    threads: int = typer.Option(None, help="torch threads (default 1)"),
     as_json: bool = typer.Option(False, "--json", help="print the figures as JSON instead of the table"),
 ) -> None:
     """The embedded demo: calibrate on the shipped traces, evaluate every policy live, plot the frontier."""

@@ -51,7 +51,7 @@ def demo_policies() -> list[DemoPolicy]:
             "hysteresis",
             {"policy": "hysteresis", "params": {"lower": 1.0}, "escalation": "retry"},
             "upper",
-            (1.0, 8.0),
+            (1.05, 8.0),
         ),
         DemoPolicy(
             "top_h",
@@ -139,7 +139,7 @@ def run_demo(
     n: int = 200,
     *,
     target: float = 0.35,
-    batch: int = 32,
+    batch: int = 2,
     max_new_tokens: int = 48,
     traces: str | Path | None = None,
     threads: int | None = None,
