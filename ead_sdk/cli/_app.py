@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -41,15 +41,20 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (EadError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             msg = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.strerror}: {exc.filename}"
-            if len(msg) > MAX_MESSAGE:
-                msg = msg[: MAX_MESSAGE - 3] + "..."
-            typer.echo(f"ead {fn.__name__.rstrip('_')}: error: {msg}", err=True)
-            raise typer.Exit(1) from None
+            _fail(fn, msg)
         except ImportError as exc:
-            typer.echo(f"ead {fn.__name__}: error: {exc} (install the extras: pip install 'ead-sdk[all]')", err=True)
-            raise typer.Exit(1) from None
+            _fail(fn, f"{exc} (install the extras: pip install 'ead-sdk[all]')")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(fn: Callable[..., Any], msg: str) -> NoReturn:
+    """Print ``ead COMMAND: error: MSG`` as one line on stderr and exit with status 1."""
+    msg = " ".join(msg.split())  # a multi-line message (a JSON error, a wrapped path) stays one line
+    if len(msg) > MAX_MESSAGE:
+        msg = msg[: MAX_MESSAGE - 3] + "..."
+    typer.echo(f"ead {fn.__name__.rstrip('_')}: error: {msg}", err=True)
+    raise typer.Exit(1) from None
 
 
 def echo_json(data: Any) -> None:

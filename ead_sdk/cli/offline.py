@@ -32,6 +32,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         name = name.strip()
         if not eq or not name or not values.strip():
             raise UserError(f"--grid {item!r}: expected NAME=START:STOP:COUNT or NAME=V1,V2,...")
+        if name in grid:
+            raise UserError(f"--grid {item!r}: {name!r} is given twice (list every value in one --grid)")
         if ":" in values:
             parts = values.split(":")
             try:
@@ -43,6 +45,8 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             grid[name] = [float(v) for v in np.linspace(lo, hi, count)]
         else:
             grid[name] = [_scalar(v.strip()) for v in values.split(",") if v.strip()]
+            if not grid[name]:
+                raise UserError(f"--grid {item!r}: no values (expected NAME=V1,V2,...)")
     if not grid:
         raise UserError("give at least one --grid NAME=VALUES")
     return grid
