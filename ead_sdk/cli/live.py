@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, user_errors
+from ead_sdk.demo.run import FRONTIER_TARGETS
 
 MODELS_HELP = "the small and the large model (local paths; default: the embedded demo pair)"
 MODEL_STYLES = ("cyan", "bold magenta", "bold yellow", "bold red")
@@ -70,7 +72,7 @@ def _bar(disable: bool) -> Progress:
 def record(
     prompts: Path = typer.Option(..., "--prompts", help="prompts file: .jsonl, or text with one prompt per line"),
     out: Path = typer.Option(..., "--out", "-o", help="the trace file to write (Parquet)"),
-    models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
+    models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     policy: str = typer.Option("fixed", "--policy", "-p", help="the policy that routes the recorded trajectory"),
     k: int = typer.Option(8, "--k", help="top-k log-probabilities recorded per model and position"),
     max_new_tokens: int = typer.Option(64, help="the most generated tokens per prompt"),
@@ -113,7 +115,7 @@ def record(
 @user_errors
 def generate(
     prompt: str = typer.Argument(..., help="the prompt text"),
-    models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
+    models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     policy: str = typer.Option("rolling_entropy", "--policy", "-p", help="a policy spec: name, JSON or .json file"),
     max_new_tokens: int = typer.Option(64, help="the most generated tokens"),
     stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
@@ -151,21 +153,40 @@ def generate(
     )
 
 
-def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """The demo/eval table: quality, large share, cost ratio, share of large-only and gap recovered."""
-    table = Table(title=title)
-    for col in ("policy", "escalation", "setting", "exact", "soft", "similarity", "large share", "cost ratio",
-                "% of large (e/s/sim)", "gap recovered (e/s/sim)"):
-        table.add_column(col, justify="left" if col in ("policy", "escalation", "setting") else "right")
+def _ordered(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Rows with their table labels; the EAD rule's extra curve points follow its main row, by share."""
+    curve = sorted((r for r in rows if r.get("curve_only")), key=lambda r: r["target"])
+    out = []
     for r in rows:
-        q = r["quality"]
-        table.add_row(
-            r["label"], r["escalation"], r["setting"], fmt(q["exact"]), fmt(q["soft"]), fmt(q["similarity"]),
-            fmt(r["large_share"]), fmt(r["cost_ratio"]),
-            "/".join(f"{100 * r['share_of_large'][m]:.0f}" for m in ("exact", "soft", "similarity")),
-            "/".join(f"{100 * r['gap_recovered'][m]:.0f}" for m in ("exact", "soft", "similarity")),
-        )
-    return table
+        if r.get("curve_only"):
+            continue
+        out.append((r["label"] + (" retry" if r["escalation"] == "retry" else ""), r))
+        if r.get("frontier"):
+            out += [(f"  at {c['target']:g}", c) for c in curve]
+    return out
+
+
+def rows_tables(title: str, rows: list[dict[str, Any]]) -> tuple[Table, Table]:
+    """The demo/eval tables, narrow enough for 80 columns: cost and quality, then the two relative measures."""
+    metrics = ("exact", "soft", "similarity")
+    ordered = _ordered(rows)
+    cost = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    cost.add_column("policy", no_wrap=True)
+    cost.add_column("setting", no_wrap=True)
+    for col in ("large", "cost", "exact", "soft", "sim"):
+        cost.add_column(col, justify="right")
+    for label, r in ordered:
+        cost.add_row(label, r["setting"], fmt(r["large_share"]), fmt(r["cost_ratio"]),
+                     *(fmt(r["quality"][m]) for m in metrics))
+    rel = Table(title="%L: quality as % of large-only's; gap: % of the small-to-large gap recovered",
+                box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    rel.add_column("policy", no_wrap=True)
+    for head in ("%L ex", "%L soft", "%L sim", "gap ex", "gap soft", "gap sim"):
+        rel.add_column(head, justify="right")
+    for label, r in ordered:
+        rel.add_row(label, *(fmt(100 * r["share_of_large"][m], 0) for m in metrics),
+                    *(fmt(100 * r["gap_recovered"][m], 0) for m in metrics))
+    return cost, rel
 
 
 @app.command(name="eval")
@@ -173,7 +194,7 @@ def rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
 def eval_(
     policy: list[str] = typer.Option(..., "--policy", "-p", help="a policy spec (repeatable)"),
     prompts: int = typer.Option(200, "--prompts", "-n", help="held-out demo prompts to evaluate"),
-    models: tuple[str, str] = typer.Option((None, None), "--models", help=MODELS_HELP, show_default=False),
+    models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     batch: int = typer.Option(2, help="prompts decoded together (small is faster on CPU)"),
     max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
     threads: int = typer.Option(None, help="torch threads (default 1)"),
@@ -204,13 +225,14 @@ def eval_(
                                 setting=", ".join(f"{k}={v}" for k, v in params.items()), quality=score.quality,
                                 large_share=rep.large_share, cost_ratio=rep.cost_ratio,
                                 switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
-                                traces_large_share=None, seconds=0.0, spec=spec))
+                                target=None, traces_large_share=None, seconds=0.0, spec=spec))
     relative_measures(rows)
     data = [r.__dict__ for r in rows]
     if as_json:
         echo_json({"prompts": len(items), "max_new_tokens": max_new_tokens, "rows": data})
         return
-    console.print(rows_table(f"live evaluation on {len(items)} held-out demo prompts", data))
+    for table in rows_tables(f"live evaluation on {len(items)} held-out demo prompts", data):
+        console.print(table)
 
 
 @app.command()
@@ -218,7 +240,10 @@ def eval_(
 def demo(
     out: Path = typer.Option(Path("ead-demo"), "--out", "-o", help="directory for frontier.png and figures.json"),
     prompts: int = typer.Option(200, "--prompts", "-n", help="held-out prompts evaluated live"),
-    target: float = typer.Option(0.35, help="large-model share the thresholds are calibrated to (on the traces)"),
+    target: float = typer.Option(0.4, help="large-model share the thresholds are calibrated to (on the traces)"),
+    frontier: str = typer.Option(
+        ",".join(f"{t:g}" for t in FRONTIER_TARGETS), help="further large shares for the EAD rule's curve ('' for none)"
+    ),
     batch: int = typer.Option(2, help="prompts decoded together (small is faster on CPU)"),
     max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
     threads: int = typer.Option(None, help="torch threads (default 1)"),
@@ -231,6 +256,12 @@ def demo(
         raise UserError("--prompts must be at least 1")
     if not 0.0 < target < 1.0:
         raise UserError("--target must be between 0 and 1")
+    try:
+        shares = tuple(float(t) for t in frontier.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"--frontier must be comma-separated shares, got {frontier!r}") from None
+    if any(not 0.0 < t < 1.0 for t in shares):
+        raise UserError(f"--frontier shares must be between 0 and 1, got {frontier!r}")
     with _bar(as_json) as bar:
         state: dict[str, Any] = {}
         cal = bar.add_task("calibrating on the embedded traces", total=None)
@@ -240,7 +271,8 @@ def demo(
                 bar.update(cal, total=1, completed=1)
             state["job"] = bar.add_task(label, total=n)
 
-        figures = run_demo(prompts, target=target, batch=batch, max_new_tokens=max_new_tokens, threads=threads,
+        figures = run_demo(prompts, target=target, batch=batch, max_new_tokens=max_new_tokens, frontier=shares,
+                           threads=threads,
                            on_start=on_start, on_progress=lambda k: bar.advance(state["job"], k))
     out.mkdir(parents=True, exist_ok=True)
     png = plot_frontier(figures, out / "frontier.png")
@@ -249,9 +281,11 @@ def demo(
     if as_json:
         echo_json(figures)
         return
-    console.print(rows_table(
-        f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the traces "
-        f"to large share {target:g}", figures["rows"]))
+    title = (f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the "
+             f"traces to large share {target:g} (EAD rule also at {', '.join(f'{t:g}' for t in figures['frontier'])})")
+    for table in rows_tables(title, figures["rows"]):
+        console.print(table)
+        console.print()
     for metric in ("soft", "similarity"):
         best = best_row(figures, metric)
         if best is not None:

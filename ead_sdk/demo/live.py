@@ -38,9 +38,13 @@ def set_threads(threads: int | None = None) -> int:
 
 def load_backend(models: Sequence[str | os.PathLike[str]] | None = None) -> Any:
     """A `TransformersBackend` over ``models`` (default: the embedded demo pair), on the CPU unless CUDA is there."""
+    from transformers.utils import logging as hf_logging
+
     from ead_sdk.backends.hf import TransformersBackend
 
     from . import model_dirs
+
+    hf_logging.disable_progress_bar()  # a bar per checkpoint shard would interleave with ours
 
     paths = [os.fspath(p) for p in (models or model_dirs())]
     names = [os.path.basename(os.path.normpath(p)) for p in paths]

@@ -30,7 +30,17 @@ class DemoPolicy:
     spec: dict[str, Any]
     param: str | None = None
     bounds: tuple[float, float] | None = None
-    set_to_target: str | None = None  # a parameter set to the target share itself (random p, budget)
+    set_to_target: str | None = None  # a parameter set to the target share itself (the budget)
+
+
+# The EAD rule with retry is also evaluated at these further large shares: the frontier curve.
+FRONTIER_TARGETS = (0.1, 0.2, 0.3, 0.55, 0.75)
+FRONTIER_POLICY = DemoPolicy(
+    "rolling_entropy",
+    {"policy": "rolling_entropy", "params": {"window": 1}, "escalation": "retry"},
+    "threshold",
+    (0.0, 8.0),
+)
 
 
 def demo_policies() -> list[DemoPolicy]:
@@ -38,15 +48,11 @@ def demo_policies() -> list[DemoPolicy]:
     return [
         DemoPolicy("small only", {"policy": "fixed", "params": {"model": 0}}),
         DemoPolicy("large only", {"policy": "fixed", "params": {"model": 1}}),
-        DemoPolicy("random", {"policy": "random", "params": {"seed": 0}}, set_to_target="p"),
+        # One seed for every lane: all lanes draw at the same positions, so p is calibrated like a threshold.
+        DemoPolicy("random", {"policy": "random", "params": {"seed": 0}}, "p", (0.0, 1.0)),
         DemoPolicy("confidence", {"policy": "confidence", "escalation": "retry"}, "threshold", (0.0, 1.0)),
         DemoPolicy("rolling_entropy", {"policy": "rolling_entropy", "params": {"window": 2}}, "threshold", (0.0, 8.0)),
-        DemoPolicy(
-            "rolling_entropy",
-            {"policy": "rolling_entropy", "params": {"window": 1}, "escalation": "retry"},
-            "threshold",
-            (0.0, 8.0),
-        ),
+        FRONTIER_POLICY,
         DemoPolicy(
             "hysteresis",
             {"policy": "hysteresis", "params": {"lower": 1.0}, "escalation": "retry"},
@@ -69,6 +75,8 @@ class Calibrated:
 
     label: str
     spec: dict[str, Any]
+    target: float
+    source: DemoPolicy
     param: str | None = None
     value: float | None = None
     traces_large_share: float | None = None
@@ -85,7 +93,7 @@ def calibrate_policies(traces: Any, target: float, policies: list[DemoPolicy] | 
         spec.setdefault("params", {})
         if dp.set_to_target:
             spec["params"][dp.set_to_target] = target
-        cal = Calibrated(dp.label, spec)
+        cal = Calibrated(dp.label, spec, target, dp)
         policy = load_policy(spec)
         if dp.param is not None:
             res = calibrate(traces, policy, dp.param, target_large_share=target, bounds=dp.bounds)
@@ -105,6 +113,7 @@ class DemoRow:
     label: str
     escalation: str
     setting: str
+    target: float | None
     quality: dict[str, float]
     large_share: float
     cost_ratio: float
@@ -112,6 +121,8 @@ class DemoRow:
     traces_large_share: float | None
     seconds: float
     spec: dict[str, Any] = field(default_factory=dict)
+    frontier: bool = False  # a point of the EAD rule's curve over several large shares
+    curve_only: bool = False  # evaluated only for that curve (at a share other than the demo's target)
     share_of_large: dict[str, float] = field(default_factory=dict)
     gap_recovered: dict[str, float] = field(default_factory=dict)
 
@@ -138,15 +149,19 @@ def _setting(cal: Calibrated) -> str:
 def run_demo(
     n: int = 200,
     *,
-    target: float = 0.35,
+    target: float = 0.4,
     batch: int = 2,
     max_new_tokens: int = 48,
+    frontier: tuple[float, ...] = FRONTIER_TARGETS,
     traces: str | Path | None = None,
     threads: int | None = None,
     on_start: Callable[[str, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Calibrate on the traces, evaluate every demo policy live on ``n`` prompts, return the figures.
+
+    Every policy is calibrated to large share ``target``; the EAD rule with retry is also run at
+    each share in ``frontier`` (rows marked ``"frontier": True``) to trace its quality/cost curve.
 
     ``on_start(label, prompts)`` is called before each policy, ``on_progress(k)`` as batches finish.
     """
@@ -160,13 +175,15 @@ def run_demo(
     trace_path = Path(traces) if traces is not None else default_traces_path()
     trace_set = read_traces(trace_path)
     calibrated = calibrate_policies(trace_set, target)
+    extra = [c for t in frontier if t != target for c in calibrate_policies(trace_set, t, [FRONTIER_POLICY])]
     t_cal = time.perf_counter() - t0
     backend = load_backend()
     prompts = task.load_eval_prompts(n)
     rows = []
-    for cal in calibrated:
+    for cal in calibrated + extra:
         if on_start is not None:
-            on_start(f"{cal.label} ({cal.spec.get('escalation', 'next')})", len(prompts))
+            at = f" at {cal.target:g}" if cal in extra else ""
+            on_start(f"{cal.label} ({cal.spec.get('escalation', 'next')}){at}", len(prompts))
         start = time.perf_counter()
         score = evaluate_live(backend, load_policy(cal.spec), prompts, batch=batch,
                               max_new_tokens=max_new_tokens, progress=on_progress)
@@ -176,6 +193,7 @@ def run_demo(
                 label=cal.label,
                 escalation=cal.spec.get("escalation", "next"),
                 setting=_setting(cal),
+                target=None if cal.label in ("small only", "large only") else cal.target,
                 quality=score.quality,
                 large_share=rep.large_share,
                 cost_ratio=rep.cost_ratio,
@@ -185,6 +203,8 @@ def run_demo(
                 spec=cal.spec,
             )
         )
+        rows[-1].frontier = cal.source is FRONTIER_POLICY
+        rows[-1].curve_only = cal in extra
     relative_measures(rows)
     import platform
 
@@ -196,6 +216,7 @@ def run_demo(
         "max_new_tokens": max_new_tokens,
         "batch": batch,
         "target_large_share": target,
+        "frontier": [t for t in frontier if t != target],
         "traces": str(trace_path),
         "trace_sequences": len(trace_set),
         "models": list(backend.model_names),
@@ -228,7 +249,14 @@ def plot_frontier(figures: dict[str, Any], path: str | Path) -> Path:
         ax.axhline(0, color="grey", lw=0.8, ls=":")
         ax.axhline(1, color="grey", lw=0.8, ls=":")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="random mixing")
+        curve = sorted((r for r in rows if r.get("frontier")), key=lambda r: r["large_share"])
+        if curve:
+            ax.plot([r["large_share"] for r in curve], [r["gap_recovered"][metric] for r in curve], color="tab:blue",
+                    lw=1.2, label="EAD rule (retry) at several targets")
         for r in rows:
+            if r.get("curve_only"):
+                ax.scatter(r["large_share"], r["gap_recovered"][metric], marker="^", s=20, color="tab:blue", zorder=3)
+                continue
             marker = "s" if r["label"] in ("small only", "large only") else ("^" if r["escalation"] == "retry" else "o")
             ax.scatter(r["large_share"], r["gap_recovered"][metric], marker=marker, s=50, zorder=3)
             ax.annotate(f"{r['label']}" + (" (retry)" if r["escalation"] == "retry" else ""),
