@@ -67,6 +67,8 @@ def n_params(model) -> int:
 def _windows(n: int, ctx: int, stride: int):
     """Yield ``(start, first_target, end)``: the window ``tokens[start:end]`` scores the targets
     ``first_target .. end-1`` (each predicted from the tokens before it in the window)."""
+    if not 0 < stride < ctx:
+        raise ValueError(f"stride must be in [1, ctx) so that every scored token has context; got {stride=}, {ctx=}")
     if n <= ctx:
         yield 0, 1, n
         return
