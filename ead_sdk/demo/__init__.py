@@ -39,10 +39,12 @@ def weights_dir() -> Path:
 
 
 def small_model_dir() -> Path:
+    """The small model's directory (route 0)."""
     return weights_dir() / "small"
 
 
 def large_model_dir() -> Path:
+    """The large model's directory (route 1)."""
     return weights_dir() / "large"
 
 
@@ -52,6 +54,7 @@ def tokenizer_dir() -> Path:
 
 
 def results_path() -> Path:
+    """The pair's measured figures, written by ``python -m ead_sdk.demo.evaluate_pair``."""
     return weights_dir() / "results.json"
 
 

@@ -41,14 +41,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from . import task
 from .tokenizer import save_tokenizer
 
 
 @dataclass(frozen=True)
 class ModelRecipe:
+    """One model's architecture and training schedule (steps, learning rate, batches, seed)."""
+
     name: str
     hidden_size: int
     num_hidden_layers: int
@@ -77,6 +77,7 @@ MAX_POSITION_EMBEDDINGS = 512
 
 
 def llama_config(r: ModelRecipe):
+    """The ``LlamaConfig`` of a recipe over the demo's byte vocabulary (tied embeddings)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -131,6 +132,7 @@ def _save(model, out_dir: str, tokenizer_dir: str, meta: dict) -> None:
 
 
 def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int = 100) -> dict:
+    """Train one model from its recipe, save it with the tokenizer to ``out_dir``, return its metadata."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -190,6 +192,7 @@ def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int =
 
 
 def main(argv=None) -> int:
+    """Command-line entry: train the pair (or one model) into ``--out``."""
     from . import weights_dir
 
     ap = argparse.ArgumentParser(prog="python -m ead_sdk.demo.train", description=__doc__.split("\n")[0])
