@@ -480,8 +480,6 @@ def test_demo_writes_the_figures_and_the_frontier_plot(demo_run: tuple[dict[str,
     assert jsonable(written) == figures
 
 
-@pytest.mark.xfail(strict=True, reason="ead_sdk/cli/live.py writes figures.json with json.dumps (NaN where a gap "
-                                       "is zero), which strict JSON parsers refuse; stdout's --json has null")
 def test_demo_figures_file_is_strict_json(demo_run: tuple[dict[str, Any], Path]) -> None:
     def refuse(token: str) -> None:
         raise ValueError(f"not JSON: {token}")

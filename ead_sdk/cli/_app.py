@@ -57,9 +57,14 @@ def _fail(fn: Callable[..., Any], msg: str) -> NoReturn:
     raise typer.Exit(1) from None
 
 
+def to_json(data: Any) -> str:
+    """``data`` as strict JSON text (NaN and infinities as null, so any JSON parser reads it)."""
+    return json.dumps(_finite(data), indent=2)
+
+
 def echo_json(data: Any) -> None:
-    """Print ``data`` as JSON on stdout (NaN and infinities as null, so any JSON parser reads it)."""
-    typer.echo(json.dumps(_finite(data), indent=2))
+    """Print ``data`` as strict JSON on stdout."""
+    typer.echo(to_json(data))
 
 
 def _finite(x: Any) -> Any:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, user_errors
+from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, to_json, user_errors
 from ead_sdk.demo.run import FRONTIER_TARGETS
 
 MODELS_HELP = "the small and the large model (local paths; default: the embedded demo pair)"
@@ -277,7 +277,7 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     png = plot_frontier(figures, out / "frontier.png")
     figures["plot"] = str(png)
-    (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    (out / "figures.json").write_text(to_json(figures) + "\n", encoding="utf-8")
     if as_json:
         echo_json(figures)
         return
