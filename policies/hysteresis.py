@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ead_sdk.policies._common import push_window, update_dwell
+from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history
 
 from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
 from ead_sdk.errors import ParameterError
@@ -56,50 +56,53 @@ class HysteresisPolicy(Policy):
         kw = {"device": device} if device is not None else {}
         fdt = default_float(xp)
         unit = self.params["unit"]
-        return {
+        state = {
             "upper": to_nats(p["upper"], unit),
             "lower": to_nats(p["lower"], unit),
             "window": p["window"],
             "ema": p["ema"],
             "min_dwell": p["min_dwell"],
-            "history": xp.zeros((n, wmax), dtype=fdt, **kw),
-            "count": xp.zeros((n,), dtype=xp.int64, **kw),
+            "history": window_history(n, wmax, fdt, xp, **kw),
             "slot": xp.zeros((n,), dtype=xp.int64, **kw),
+            "fill": xp.zeros((n,), dtype=xp.int64, **kw),
             "total": xp.zeros((n,), dtype=fdt, **kw),
-            "signal": xp.zeros((n,), dtype=fdt, **kw),
-            "current": xp.full((n,), self.initial_model, dtype=xp.int64, **kw),
-            "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
         }
+        if has_nonzero(self.params["ema"]):  # without smoothing the signal is the window mean
+            state["signal"] = xp.zeros((n,), dtype=fdt, **kw)
+        if has_nonzero(self.params["min_dwell"]):  # without a min_dwell no lane tracks its dwell
+            state["current"] = xp.full((n,), self.initial_model, dtype=xp.int64, **kw)
+            state["dwell"] = xp.zeros((n,), dtype=xp.int64, **kw)
+        return state
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
         live = step.live
         e = xp.astype(step.entropy, state["history"].dtype, copy=False)
-        count = state["count"]
-        history, new_count, slot, total, mean = push_window(
-            state["history"], count, state["slot"], state["total"], state["window"], e, live, xp
+        fill = state["fill"]
+        history, slot, new_fill, total, mean = push_window(
+            state["history"], state["slot"], fill, state["total"], state["window"], e, live, xp
         )
-        # The first value is the signal itself: weight 0 on the (empty) previous signal.
-        ema = state["ema"] * xp.astype(count > 0, mean.dtype)
-        signal = ema * state["signal"] + (1.0 - ema) * mean
+        new = dict(state, history=history, slot=slot, fill=new_fill, total=total)
+        if "signal" in state:
+            # The first value is the signal itself: weight 0 on the (empty) previous signal.
+            ema = state["ema"] * xp.astype(fill > 0, mean.dtype)
+            signal = ema * state["signal"] + (1.0 - ema) * mean
+            new["signal"] = xp.where(live, signal, state["signal"])
+        else:
+            signal = mean
 
         # Boolean algebra instead of nested `where`s (two models: "on the large one" is a bool).
         model = xp.astype(step.model, xp.int64, copy=False)
         on_large = model == 1
         target = (signal > state["upper"]) | (on_large & ~(signal < state["lower"]))
-        dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
+        if "dwell" in state:
+            dwell = update_dwell(model, state["current"], state["dwell"], xp)
+            stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
+            new["current"] = xp.where(live, model, state["current"])
+            new["dwell"] = xp.where(live, dwell, state["dwell"])
+        else:
+            stay = ~live
         routes = (stay & on_large) | (~stay & target)
-        new = dict(
-            state,
-            history=history,
-            count=new_count,
-            slot=slot,
-            total=total,
-            signal=xp.where(live, signal, state["signal"]),
-            current=xp.where(live, model, state["current"]),
-            dwell=xp.where(live, dwell, state["dwell"]),
-        )
         return xp.astype(routes, xp.int64), new
 
 

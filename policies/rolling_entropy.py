@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import push_window, update_dwell
+from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history
 
 from ead_sdk.arrays import as_namespace, default_float, namespace
 from ead_sdk.hookspecs import hookimpl
@@ -61,46 +61,48 @@ class RollingEntropyPolicy(Policy):
             threshold = threshold[:, None]
         fdt = default_float(xp)
         kw = {"device": device} if device is not None else {}
-        return {
+        state = {
             "window": p["window"],
             "min_dwell": p["min_dwell"],
             "threshold": to_nats(threshold, self.params["unit"]),
-            "history": xp.zeros((n, wmax), dtype=fdt, **kw),
-            "count": xp.zeros((n,), dtype=xp.int64, **kw),
+            "history": window_history(n, wmax, fdt, xp, **kw),
             "slot": xp.zeros((n,), dtype=xp.int64, **kw),
+            "fill": xp.zeros((n,), dtype=xp.int64, **kw),
             "total": xp.zeros((n,), dtype=fdt, **kw),
-            "current": xp.full((n,), self.initial_model, dtype=xp.int64, **kw),
-            "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
         }
+        if self.dwells:
+            state["current"] = xp.full((n,), self.initial_model, dtype=xp.int64, **kw)
+            state["dwell"] = xp.zeros((n,), dtype=xp.int64, **kw)
+        return state
+
+    @property
+    def dwells(self) -> bool:
+        """Whether any lane has a ``min_dwell`` (without one no lane tracks its dwell)."""
+        return has_nonzero(self.params["min_dwell"])
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
         live = step.live
         e = xp.astype(step.entropy, state["history"].dtype, copy=False)
-        history, count, slot, total, mean = push_window(
-            state["history"], state["count"], state["slot"], state["total"], state["window"], e, live, xp
+        history, slot, fill, total, mean = push_window(
+            state["history"], state["slot"], state["fill"], state["total"], state["window"], e, live, xp
         )
         threshold = state["threshold"]
         model = xp.astype(step.model, xp.int64, copy=False)
-        dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        keep = dwell < state["min_dwell"]
-        new = dict(
-            state,
-            history=history,
-            count=count,
-            slot=slot,
-            total=total,
-            current=xp.where(live, model, state["current"]),
-            dwell=xp.where(live, dwell, state["dwell"]),
-        )
+        new = dict(state, history=history, slot=slot, fill=fill, total=total)
+        if "dwell" in state:
+            dwell = update_dwell(model, state["current"], state["dwell"], xp)
+            stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
+            new["current"] = xp.where(live, model, state["current"])
+            new["dwell"] = xp.where(live, dwell, state["dwell"])
+        else:
+            stay = ~live
         if threshold.shape[1] == 1:  # two models: boolean algebra instead of `where`s
             # the current model where the lane is finished or must dwell, else the threshold's pick
-            stay = keep | ~live
             routes = (stay & (model == 1)) | (~stay & (mean > threshold[:, 0]))
             return xp.astype(routes, xp.int64), new
         target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
-        routes = xp.where(keep, model, target)
-        return xp.where(live, routes, model), new
+        return xp.where(stay, model, target), new
 
 
 @hookimpl
