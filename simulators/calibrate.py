@@ -10,6 +10,7 @@ the held-out split, whose achieved share says how well the calibration transfers
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,57 @@ def _metric(result, metric: str, lanes: np.ndarray) -> float:
 
 def _report_metric(report: CostReport, metric: str) -> float:
     return float(report.large_share if metric == "large_share" else report.cost_ratio)
+
+
+def _valid(policy: Policy, options: dict[str, Any], base: dict[str, Any], parameter: str, value: Any) -> bool:
+    try:
+        type(policy)(**options, **{**base, parameter: value})
+    except ParameterError:
+        return False
+    return True
+
+
+def _valid_interval(
+    policy: Policy,
+    options: dict[str, Any],
+    base: dict[str, Any],
+    parameter: str,
+    kind: str,
+    lo: float,
+    hi: float | None,
+) -> tuple[float, float | None]:
+    """Shrink the declared interval to values the policy accepts with its other parameters.
+
+    A parameter may be bounded by another one (hysteresis: ``upper > lower``); the valid values
+    are assumed to form one interval, whose ends are found by bisection.
+    """
+    cast = int if kind == "int" else float
+
+    def ok(v: float) -> bool:
+        return _valid(policy, options, base, parameter, cast(v))
+
+    inside = [v for v in (lo, hi, float(policy.params[parameter])) if v is not None and ok(v)]
+    if not inside:
+        raise ParameterError(
+            f"policy {policy.name!r}: found no valid value of {parameter!r} to search from; pass bounds"
+        )
+    for end in ("lo", "hi"):
+        edge = lo if end == "lo" else hi
+        if edge is None or ok(edge):
+            continue
+        bad, good = edge, (min(inside) if end == "lo" else max(inside))
+        for _ in range(60):
+            mid = (bad + good) / 2
+            if kind == "int" and abs(good - bad) <= 1:
+                break
+            bad, good = (bad, mid) if ok(mid) else (mid, good)
+        if kind == "int":  # the bisection ends between integers: round into the valid side
+            good = math.ceil(good) if end == "lo" else math.floor(good)
+        if end == "lo":
+            lo = good
+        else:
+            hi = good
+    return lo, hi
 
 
 def calibrate(
@@ -153,6 +205,8 @@ def calibrate(
         return run(configs)
 
     lo, hi = bounds if bounds is not None else (decl.low if decl.low is not None else 0.0, decl.high)
+    if bounds is None:
+        lo, hi = _valid_interval(policy, options, base, parameter, decl.kind, lo, hi)
     if hi is None:  # an open upper bound: double until the metric is on the other side
         hi = max(1.0, 2.0 * abs(lo))
         m_lo = evaluate(np.array([lo]))[0]

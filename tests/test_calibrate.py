@@ -41,3 +41,16 @@ def test_bad_requests_are_refused():
         calibrate(traces, policy, "threshold")
     with pytest.raises(ParameterError, match="'unit' is not a numeric parameter"):
         calibrate(traces, policy, "unit", target_large_share=0.3)
+
+
+@settings(max_examples=10, deadline=None)
+@given(lower=st.floats(0.2, 3.0), target=st.floats(0.1, 0.6))
+def test_a_parameter_bounded_by_another_calibrates_without_bounds(lower, target):
+    """hysteresis.upper must exceed lower: with no bounds given, the search stays inside the valid values."""
+    traces = synthetic_traces(24, 80, seed=3)
+    policy = load_policy({"policy": "hysteresis", "params": {"lower": lower, "upper": lower + 1.0}})
+    res = calibrate(traces, policy, "upper", target_large_share=target, held_out=0.0)
+    assert res.value > lower
+    assert res.policy.params["lower"] == lower
+    direct = replay(traces, res.policy).report().large_share
+    assert direct == pytest.approx(res.calibration)
