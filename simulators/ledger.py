@@ -20,7 +20,12 @@ from ead_sdk.cost import CostLedger
 
 
 def fill_ledger(
-    ledger: CostLedger, computed: np.ndarray, emitted: np.ndarray, lengths: np.ndarray, chunk: int = 32
+    ledger: CostLedger,
+    computed: np.ndarray,
+    emitted: np.ndarray,
+    lengths: np.ndarray,
+    chunk: int = 32,
+    lanes: slice | None = None,
 ) -> None:
     """Record a replay's forwards in ``ledger`` (fresh, lanes = columns of ``computed``).
 
@@ -30,7 +35,13 @@ def fill_ledger(
         emitted: int8 ``(T, lanes)`` model that emitted each position (-1: past the end).
         lengths: ``(lanes,)`` generated tokens per lane.
         chunk: positions per block (blocks of rows stay in cache; at most 100).
+        lanes: fill only these lanes (ledger rows and columns of ``computed`` and ``emitted``;
+            ``lengths`` covers every lane); disjoint slices may be filled from separate threads.
     """
+    if lanes is not None:
+        view = _LedgerRows(ledger, lanes)
+        fill_ledger(view, computed[:, lanes], emitted[:, lanes], np.asarray(lengths)[lanes], chunk)  # type: ignore[arg-type]
+        return
     n, m_count = ledger.n, ledger.num_models
     t_max = computed.shape[0]
     chunk = max(1, min(chunk, 100))  # per-block counts fit in int8 (fast reductions, no upcast)
@@ -77,6 +88,17 @@ def fill_ledger(
     lengths = np.asarray(lengths, np.int64)
     if t_max:
         ledger.last[:] = np.where(lengths > 0, emitted[np.maximum(lengths - 1, 0), np.arange(n)], -1)
+
+
+class _LedgerRows:
+    """Rows ``lanes`` of a `CostLedger`, as views that `fill_ledger` writes through."""
+
+    def __init__(self, ledger: CostLedger, lanes: slice):
+        self.num_models = ledger.num_models
+        for name in ("steps", "wasted", "emitted", "consumed", "catchup", "used", "prefill", "switches", "last"):
+            setattr(self, name, getattr(ledger, name)[lanes])
+        self.prompt_lengths = ledger.prompt_lengths[lanes]
+        self.n = int(self.switches.shape[0])
 
 
 def fill_ledger_stepwise(ledger: CostLedger, computed: np.ndarray, emitted: np.ndarray) -> None:

@@ -44,18 +44,40 @@ def _by_emitter(
     return total
 
 
-def lane_metrics(result: ReplayResult, data: ReplayData) -> dict[str, np.ndarray]:
-    """Per-lane metrics: the ledger's cost figures plus agreement, log-likelihood and quality."""
+def emitter_sums(emitted: np.ndarray, data: ReplayData, seq: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-lane sums over positions of the emitting model's agreement and token log-probability.
+
+    Each lane's sums depend on its own column of ``emitted`` only, so lanes may be summed in
+    separate blocks (or threads) and concatenated.
+    """
+    m_count = data.meta.num_models
+    out: dict[str, np.ndarray] = {}
+    if data.agree is not None:
+        out["agreement_count"] = _by_emitter(emitted, data.agree, seq, m_count)
+    if data.token_logprob is not None:
+        out["loglik"] = _by_emitter(emitted, data.token_logprob, seq, m_count)
+    return out
+
+
+def lane_metrics(
+    result: ReplayResult, data: ReplayData, sums: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Per-lane metrics: the ledger's cost figures plus agreement, log-likelihood and quality.
+
+    ``sums`` are the lanes' `emitter_sums` when already computed (computed here otherwise).
+    """
     out = result.ledger.per_lane(result.cost_model)
-    seq, m_count = result.lane_sequence, result.num_models
+    seq = result.lane_sequence
+    if sums is None:
+        sums = emitter_sums(result.emitted_by, data, seq)
     tokens = out["tokens"]
     safe = np.maximum(tokens, 1)
-    if data.agree is not None:
-        agree = _by_emitter(result.emitted_by, data.agree, seq, m_count)
+    if "agreement_count" in sums:
+        agree = sums["agreement_count"]
         out["agreement_count"] = agree
         out["agreement"] = np.where(tokens > 0, agree / safe, np.nan)
-    if data.token_logprob is not None:
-        out["loglik"] = _by_emitter(result.emitted_by, data.token_logprob, seq, m_count)
+    if "loglik" in sums:
+        out["loglik"] = sums["loglik"]
     flat = data.flat
     if flat.correct is not None and flat.has_correct is not None:
         labelled = flat.has_correct[seq]

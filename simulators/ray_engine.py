@@ -141,6 +141,7 @@ def sweep_batch(
         totals = sweep_totals(
             data, policy_name, configs, escalation=escalation, initial_model=initial_model,
             cost_model=_cost_from_json(cost_json), with_topk=with_topk, max_lanes=max_lanes,
+            threads=1,  # a Ray worker holds one CPU: its parallelism is Ray's
         )
     except EadError as exc:  # reported to the driver as data, raised there as its own class
         return error_table(exc)
@@ -161,7 +162,8 @@ def replay_batch(
         if data.num_sequences == 0:
             return totals_table([Totals(meta.num_models)], [0])
         policy = load_policy(json.loads(spec_json))
-        result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk)
+        # A Ray worker holds one CPU: its parallelism is Ray's, not threads.
+        result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk, threads=1)
     except EadError as exc:  # reported to the driver as data, raised there as its own class
         return error_table(exc)
     return totals_table([Totals.of_lanes(result)], [0])

@@ -15,6 +15,7 @@ position ``t`` and emits it (model ``m``'s forward is paid and wasted). Costs ar
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,6 +153,7 @@ def replay(
     engine: str = "local",
     address: str | None = None,
     batch_rows: int = 1024,
+    threads: int | None = None,
 ) -> ReplayResult | ReplayTotals:
     """Replay ``policy`` on every sequence of ``traces`` as the lanes of one batch.
 
@@ -169,6 +171,10 @@ def replay(
             ``ray`` extra).
         address: the Ray cluster to join (``engine="ray"``; default ``RAY_ADDRESS`` or local).
         batch_rows: sequences per Ray batch (``engine="ray"``).
+        threads: threads of the local engine, each replaying its own block of lanes (the lanes
+            are independent, and numpy releases the GIL inside its array loops); the default is
+            `default_threads` (at most 2). The result is the same for any thread count. Ray
+            workers replay on one thread each.
 
     Returns:
         A `ReplayResult` with per-lane routes, the `CostLedger` and metrics; with ``engine="ray"``
@@ -193,10 +199,33 @@ def replay(
     elif cost_model.num_models != m_count:
         raise EadError(f"cost model has {cost_model.num_models} models, the trace has {m_count}")
     seq = np.arange(data.num_sequences) if lane_sequence is None else np.asarray(lane_sequence, np.int64)
-    computed, emitted = _run(data, policy, seq, with_topk and data.top_logprobs is not None)
-    ledger = CostLedger(seq.shape[0], m_count, data.flat.prompt_lengths[seq])
-    fill_ledger(ledger, computed, emitted, data.lengths[seq])
-    from ead_sdk.simulators.metrics import lane_metrics
+    threads = default_threads() if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise EadError(f"threads must be an integer >= 1, got {threads!r}")
+    n, t_max = int(seq.shape[0]), data.t_max
+    computed = np.full((t_max, n), -1, np.int8)
+    emitted = np.full((t_max, n), -1, np.int8)
+    ledger = CostLedger(n, m_count, data.flat.prompt_lengths[seq])
+    import array_api_compat.numpy as xp
+
+    state = policy.init_state(n, xp)
+    topk = with_topk and data.top_logprobs is not None
+    lengths = data.lengths[seq]
+    from ead_sdk.simulators.metrics import emitter_sums, lane_metrics
+
+    def block(lanes: slice) -> dict[str, np.ndarray]:
+        sub = {key: value[lanes] for key, value in state.items()}
+        _run(data, policy, seq[lanes], sub, computed[:, lanes], emitted[:, lanes], topk, lanes.start)
+        fill_ledger(ledger, computed, emitted, lengths, lanes=lanes)
+        return emitter_sums(emitted[:, lanes], data, seq[lanes])
+
+    blocks = lane_blocks(n, threads)
+    if len(blocks) == 1:
+        parts = [block(blocks[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="ead-replay") as pool:
+            parts = list(pool.map(block, blocks))
+    sums = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
     result = ReplayResult(
         computed_by=computed,
@@ -209,7 +238,7 @@ def replay(
         num_models=m_count,
         correct=data.flat.correct,
     )
-    result.metrics = lane_metrics(result, data)
+    result.metrics = lane_metrics(result, data, sums)
     return result
 
 
@@ -220,17 +249,53 @@ def _spec(policy: Policy) -> dict[str, Any]:
         return {"policy": getattr(policy, "name", type(policy).__name__)}
 
 
-def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The step loop; returns ``computed_by`` and ``emitted_by`` as ``(T, lanes)`` int8."""
-    import array_api_compat.numpy as xp
+def default_threads() -> int:
+    """Threads a local replay uses by default: the CPUs this process may run on, at most 2.
 
+    Two threads give most of the gain measured on a 2-core machine (docs/performance.md); more
+    threads contend for the GIL between the array operations of each step.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus))
+
+
+MIN_BLOCK_LANES = 4096
+"""Fewest lanes worth a thread of their own (below this a block's per-step overhead dominates)."""
+
+
+def lane_blocks(n: int, threads: int, min_lanes: int | None = None) -> list[slice]:
+    """Split lanes ``0..n-1`` into at most ``threads`` contiguous blocks of at least ``min_lanes``.
+
+    ``min_lanes`` defaults to `MIN_BLOCK_LANES` (read at each call, so tests may lower it).
+    """
+    least = MIN_BLOCK_LANES if min_lanes is None else min_lanes
+    count = max(1, min(threads, n // max(1, least)))
+    edges = [n * i // count for i in range(count + 1)]
+    return [slice(edges[i], edges[i + 1]) for i in range(count)]
+
+
+def _run(
+    data: ReplayData,
+    policy: Policy,
+    seq: np.ndarray,
+    state: dict[str, Any],
+    computed: np.ndarray,
+    emitted: np.ndarray,
+    with_topk: bool,
+    first_lane: int = 0,
+) -> None:
+    """The step loop over one block of lanes: fills ``computed`` and ``emitted`` ``(T, lanes)``.
+
+    ``state`` is the policy state of these lanes; ``first_lane`` is the block's first lane
+    (error messages name lanes of the whole replay).
+    """
     n, m_count, t_max = seq.shape[0], data.meta.num_models, data.t_max
     retry = policy.escalation == "retry"
     lengths = data.lengths[seq]
-    state = policy.init_state(n, xp)
     model = np.full(n, policy.initial_model, np.int64)
-    computed = np.full((t_max, n), -1, np.int8)
-    emitted = np.full((t_max, n), -1, np.int8)
     base = seq * m_count
     idx = np.empty(n, np.int64)
     k = int(data.meta.k)
@@ -269,7 +334,7 @@ def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> 
         if lo < 0 or hi >= m_count:
             bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
             raise ModelCountError(
-                f"policy {policy.name!r} routed lane {bad} to model {int(routes[bad])}, "
+                f"policy {policy.name!r} routed lane {first_lane + bad} to model {int(routes[bad])}, "
                 f"not one of {m_count} models"
             )
         if full:
@@ -283,4 +348,3 @@ def _run(data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool) -> 
         else:
             emitted[t] = computed[t]
         model = np.where(live, routes, model)
-    return computed, emitted

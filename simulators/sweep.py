@@ -79,6 +79,7 @@ def sweep(
     address: str | None = None,
     batch_rows: int = 1024,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> SweepResult:
     """Replay every configuration of ``grid`` of policy ``policy_name`` on ``traces``.
 
@@ -99,6 +100,8 @@ def sweep(
             instance).
         batch_rows: sequences per batch when streaming a path or running on Ray.
         progress: called with ``(sequences done, sequences in all)`` as batches finish.
+        threads: threads of each local replay (see `replay`; default: at most 2). Ray workers
+            replay on one thread each.
 
     Returns:
         A `SweepResult`: `table` has one row per configuration (its parameters and aggregate
@@ -123,6 +126,7 @@ def sweep(
         return _sweep_streamed(
             traces, policy_name, configs, escalation=escalation, initial_model=initial_model,
             cost_model=cost_model, with_topk=topk, quality=quality, batch_rows=batch_rows, progress=progress,
+            threads=threads,
         )
     data = ReplayData.from_traces(traces, with_topk=topk)
     n = data.num_sequences
@@ -132,7 +136,7 @@ def sweep(
         sub = [configs[i] for i in members]
         policy = lane_policy(policy_name, sub, n, escalation=escalation, initial_model=initial_model)
         seq = np.tile(np.arange(n), len(sub))
-        result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=topk)
+        result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=topk, threads=threads)
         results.append((members, result))
         for j, i in enumerate(members):
             summary = result.summary(np.arange(j * n, (j + 1) * n))
@@ -170,11 +174,12 @@ def sweep_totals(
     cost_model: CostModel | None = None,
     with_topk: bool = True,
     max_lanes: int = 1 << 16,
+    threads: int | None = None,
 ) -> list[Totals]:
     """The `Totals` of every configuration on the sequences of ``data`` (one batch of a sweep).
 
     Configurations run as lanes of batched replays of at most ``max_lanes`` lanes each, so the
-    memory of a batch is bounded whatever the grid size.
+    memory of a batch is bounded whatever the grid size; ``threads`` as in `replay`.
     """
     n = data.num_sequences
     out: list[Totals] = [Totals(data.meta.num_models) for _ in configs]
@@ -188,7 +193,9 @@ def sweep_totals(
                 policy_name, [configs[i] for i in chunk], n, escalation=escalation, initial_model=initial_model
             )
             seq = np.tile(np.arange(n), len(chunk))
-            result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=with_topk)
+            result = replay(
+                data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=with_topk, threads=threads
+            )
             for j, i in enumerate(chunk):
                 out[i] = Totals.of_lanes(result, np.arange(j * n, (j + 1) * n))
     return out
@@ -224,6 +231,7 @@ def _sweep_streamed(
     quality: str,
     batch_rows: int,
     progress: Progress | None,
+    threads: int | None = None,
 ) -> SweepResult:
     """The local engine over a trace on disk: ``batch_rows`` sequences at a time, totals merged."""
     from ead_sdk.traces.reader import iter_trace_batches, read_meta
@@ -238,7 +246,7 @@ def _sweep_streamed(
         data = ReplayData.from_traces(batch, with_topk=with_topk)
         parts = sweep_totals(
             data, policy_name, configs, escalation=escalation, initial_model=initial_model,
-            cost_model=cost_model, with_topk=with_topk,
+            cost_model=cost_model, with_topk=with_topk, threads=threads,
         )
         for acc, part in zip(merged, parts, strict=True):
             acc.merge(part)
