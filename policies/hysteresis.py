@@ -91,19 +91,17 @@ class HysteresisPolicy(Policy):
         else:
             signal = mean
 
-        # Boolean algebra instead of nested `where`s (two models: "on the large one" is a bool).
+        # Two models: up above `upper`; on the large one, stay unless below `lower` (upper > lower).
         model = xp.astype(step.model, xp.int64, copy=False)
-        on_large = model == 1
-        target = (signal > state["upper"]) | (on_large & ~(signal < state["lower"]))
-        if "dwell" in state:
-            dwell = update_dwell(model, state["current"], state["dwell"], xp)
-            stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
-            new["current"] = xp.where(live, model, state["current"])
-            new["dwell"] = xp.where(live, dwell, state["dwell"])
-        else:
-            stay = ~live
-        routes = (stay & on_large) | (~stay & target)
-        return xp.astype(routes, xp.int64), new
+        target = (signal > state["upper"]) | ((model == 1) & ~(signal < state["lower"]))
+        target = xp.astype(target, xp.int64)
+        if "dwell" not in state:  # the current model where the lane is finished, else the target
+            return xp.where(live, target, model), new
+        dwell = update_dwell(model, state["current"], state["dwell"], xp)
+        new["current"] = xp.where(live, model, state["current"])
+        new["dwell"] = xp.where(live, dwell, state["dwell"])
+        stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
+        return xp.where(stay, model, target), new
 
 
 @hookimpl

@@ -90,18 +90,16 @@ class RollingEntropyPolicy(Policy):
         threshold = state["threshold"]
         model = xp.astype(step.model, xp.int64, copy=False)
         new = dict(state, history=history, slot=slot, fill=fill, total=total)
-        if "dwell" in state:
-            dwell = update_dwell(model, state["current"], state["dwell"], xp)
-            stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
-            new["current"] = xp.where(live, model, state["current"])
-            new["dwell"] = xp.where(live, dwell, state["dwell"])
+        if threshold.shape[1] == 1:  # two models: the one threshold's pick is a bool
+            target = xp.astype(mean > threshold[:, 0], xp.int64)
         else:
-            stay = ~live
-        if threshold.shape[1] == 1:  # two models: boolean algebra instead of `where`s
-            # the current model where the lane is finished or must dwell, else the threshold's pick
-            routes = (stay & (model == 1)) | (~stay & (mean > threshold[:, 0]))
-            return xp.astype(routes, xp.int64), new
-        target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
+            target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
+        if "dwell" not in state:  # the current model where the lane is finished, else the target
+            return xp.where(live, target, model), new
+        dwell = update_dwell(model, state["current"], state["dwell"], xp)
+        new["current"] = xp.where(live, model, state["current"])
+        new["dwell"] = xp.where(live, dwell, state["dwell"])
+        stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
         return xp.where(stay, model, target), new
 
 

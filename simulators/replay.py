@@ -330,7 +330,10 @@ def _run(
         routes = np.asarray(to_numpy(routes))
         if routes.shape != (n,):
             raise EadError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
-        lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
+        if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
+            lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
+        else:
+            lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
         if lo < 0 or hi >= m_count:
             bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
             raise ModelCountError(
@@ -339,12 +342,13 @@ def _run(
             )
         if full:
             computed[t] = model
-            emitted[t] = np.maximum(routes, model) if retry else computed[t]
+            if retry:
+                np.maximum(routes, model, out=emitted[t], casting="unsafe")
             model = routes
             continue
         computed[t] = np.where(live, model, -1)
         if retry:
             emitted[t] = np.where(live, np.maximum(routes, model), -1)
-        else:
-            emitted[t] = computed[t]
         model = np.where(live, routes, model)
+    if not retry:  # without retries every position is emitted by the model that computed it
+        np.copyto(emitted, computed)
