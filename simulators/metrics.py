@@ -29,6 +29,8 @@ def _by_emitter(
     n_seq = per_seq.shape[1]
     tiles = n // n_seq if n_seq and n % n_seq == 0 else 0
     tiled = tiles > 0 and np.array_equal(seq, np.tile(np.arange(n_seq), tiles))
+    if per_seq.dtype == np.bool_:  # counts: exact in integers, whatever the order of the sums
+        return _count_by_emitter(emitted, per_seq, seq, num_models, tiles if tiled else 0)
     total = np.zeros(n, np.float64)
     for t0 in range(0, emitted.shape[0], chunk):
         e = emitted[t0 : t0 + chunk]
@@ -42,6 +44,27 @@ def _by_emitter(
             else:
                 total += (hit * np.take(values, seq, axis=1)).sum(0, dtype=np.float64)
     return total
+
+
+def _count_by_emitter(
+    emitted: np.ndarray, per_seq: np.ndarray, seq: np.ndarray, num_models: int, tiles: int, chunk: int = 100
+) -> np.ndarray:
+    """`_by_emitter` of a bool ``per_seq``: the count of positions where it holds, as float64."""
+    n = seq.shape[0]
+    n_seq = per_seq.shape[1]
+    count = np.zeros(n, np.int64)
+    for t0 in range(0, emitted.shape[0], chunk):  # at most 100 rows: per-block counts fit in int8
+        e = emitted[t0 : t0 + chunk]
+        rows = e.shape[0]
+        for m in range(num_models):
+            values = per_seq[t0 : t0 + chunk, :, m]
+            hit = e == m
+            if tiles:
+                part = (hit.reshape(rows, tiles, n_seq) & values[:, None, :]).sum(0, dtype=np.int8)
+                count += part.reshape(n)
+            else:
+                count += (hit & np.take(values, seq, axis=1)).sum(0, dtype=np.int8)
+    return count.astype(np.float64)
 
 
 def emitter_sums(emitted: np.ndarray, data: ReplayData, seq: np.ndarray) -> dict[str, np.ndarray]:
