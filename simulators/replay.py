@@ -173,7 +173,8 @@ def replay(
         batch_rows: sequences per Ray batch (``engine="ray"``).
         threads: threads of the local engine, each replaying its own block of lanes (the lanes
             are independent, and numpy releases the GIL inside its array loops); the default is
-            `default_threads` (at most 2). The result is the same for any thread count. Ray
+            `default_threads` (at most 2). Each block has at least `MIN_BLOCK_LANES` lanes, so
+            small replays run on one thread. The result is the same for any thread count. Ray
             workers replay on one thread each.
 
     Returns:
@@ -252,8 +253,10 @@ def _spec(policy: Policy) -> dict[str, Any]:
 def default_threads() -> int:
     """Threads a local replay uses by default: the CPUs this process may run on, at most 2.
 
-    Two threads give most of the gain measured on a 2-core machine (docs/performance.md); more
-    threads contend for the GIL between the array operations of each step.
+    The lanes are independent and numpy releases the GIL inside each array operation, so two
+    threads replay large batches faster (docs/performance.md); every thread adds a GIL hand-off
+    per operation, so more than two gain little, and smaller batches stay on one thread
+    (`MIN_BLOCK_LANES`).
     """
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -262,8 +265,13 @@ def default_threads() -> int:
     return max(1, min(2, cpus))
 
 
-MIN_BLOCK_LANES = 4096
-"""Fewest lanes worth a thread of their own (below this a block's per-step overhead dominates)."""
+MIN_BLOCK_LANES = 30_000
+"""Fewest lanes worth a thread of their own.
+
+Each array operation of a step hands the GIL between the threads, a fixed cost per step (about
+0.35 ms a step per thread measured on the 2-core development machine, whatever the block size):
+two threads broke even at about 24k lanes each, and gained 1.25x at 32k and 1.5x at 64k each.
+"""
 
 
 def lane_blocks(n: int, threads: int, min_lanes: int | None = None) -> list[slice]:
