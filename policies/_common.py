@@ -44,6 +44,17 @@ def window_history(n: int, wmax: int, dtype: Any, xp: Any, **kw: Any) -> Array:
     return xp.permute_dims(xp.zeros((wmax, n), dtype=dtype, **kw), (1, 0))
 
 
+def window_value(value: Array, history: Array, xp: Any) -> Array:
+    """``value`` ready to push into ``history``: cast to its dtype only where arithmetic would not.
+
+    A value that promotes to the history's dtype (float32 entropies into a float64 history) is
+    converted exactly inside the operations of `push_window`, which saves one pass.
+    """
+    if xp.result_type(value.dtype, history.dtype) == history.dtype:
+        return value
+    return xp.astype(value, history.dtype)
+
+
 @lru_cache(maxsize=16)
 def _lane_index(n: int, xp: Any, dtype: Any, device: Any) -> Array:
     """``arange(n)``, built once per size and device (a constant, never written)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history
+from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history, window_value
 
 from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
 from ead_sdk.errors import ParameterError
@@ -77,7 +77,7 @@ class HysteresisPolicy(Policy):
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
         live = step.live
-        e = xp.astype(step.entropy, state["history"].dtype, copy=False)
+        e = window_value(step.entropy, state["history"], xp)
         fill = state["fill"]
         history, slot, new_fill, total, mean = push_window(
             state["history"], state["slot"], fill, state["total"], state["window"], e, live, xp

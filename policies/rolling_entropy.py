@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history
+from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history, window_value
 
 from ead_sdk.arrays import as_namespace, default_float, namespace
 from ead_sdk.hookspecs import hookimpl
@@ -83,7 +83,7 @@ class RollingEntropyPolicy(Policy):
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
         live = step.live
-        e = xp.astype(step.entropy, state["history"].dtype, copy=False)
+        e = window_value(step.entropy, state["history"], xp)
         history, slot, fill, total, mean = push_window(
             state["history"], state["slot"], state["fill"], state["total"], state["window"], e, live, xp
         )
