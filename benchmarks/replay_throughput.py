@@ -1,7 +1,8 @@
 """Replay throughput: a 64-configuration sweep over 1,000 x 1,000 synthetic tokens, two policies.
 
 For ``rolling_entropy`` and ``hysteresis`` it times one batched `replay` of all 64 configurations
-(64,000 lanes, routes + CostLedger + metrics) and, on the same trace in the same run, the same
+(64,000 lanes, routes + CostLedger + metrics) on ``--threads`` threads (default: `replay`'s own
+default) and on one thread, and, on the same trace in the same run, the same
 decisions made by a straightforward per-token Python loop (plain-Python rule, one configuration
 and one sequence at a time: what a research script does). The naive loop is timed on a subset
 and its rate extrapolated; its routes are checked equal to the batched ones on that subset.
@@ -9,6 +10,7 @@ and its rate extrapolated; its routes are checked equal to the batched ones on t
 Prints, last: ``speedup_vs_naive=<x> decisions_per_s=<y>`` for the slower policy.
 
     python benchmarks/replay_throughput.py [--sequences 1000] [--tokens 1000] [--naive-sequences 40]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np  # noqa: E402
 from ead_sdk.policies.hysteresis import HysteresisPolicy  # noqa: E402
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy  # noqa: E402
 from ead_sdk.simulators import replay, synthetic_traces  # noqa: E402
-from ead_sdk.simulators.replay import ReplayData  # noqa: E402
+from ead_sdk.simulators.replay import ReplayData, default_threads  # noqa: E402
 
 
 def rolling_configs() -> list[dict]:
@@ -92,8 +94,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--naive-sequences", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="replay threads (default: replay's default)")
     args = ap.parse_args()
     n, t_len = args.sequences, args.tokens
+    threads = default_threads() if args.threads is None else args.threads
 
     t0 = time.perf_counter()
     traces = synthetic_traces(n, t_len, k=4, seed=0)
@@ -111,13 +115,19 @@ def main() -> None:
         c = len(configs)
         seq = np.tile(np.arange(n), c)
         policy = batched_policy(name, configs, n)
-        best = np.inf
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            result = replay(data, policy, lane_sequence=seq, with_topk=False)
-            best = min(best, time.perf_counter() - t0)
+        best = {threads: np.inf, 1: np.inf}
+        results = {}
+        for _ in range(args.repeats):  # alternate, so that both see the same machine load
+            for th in best:
+                t0 = time.perf_counter()
+                results[th] = replay(data, policy, lane_sequence=seq, with_topk=False, threads=th)
+                best[th] = min(best[th], time.perf_counter() - t0)
+        result = results[threads]
+        if not (np.array_equal(result.emitted_by, results[1].emitted_by) and result.summary() == results[1].summary()):
+            raise SystemExit(f"{name}: {threads} threads and one thread replay differently")
         decisions = c * n * t_len
-        fast_rate = decisions / best
+        fast_rate = decisions / best[threads]
+        one_rate = decisions / best[1]
 
         # Two naive loops on a subset (every configuration, the first sequences):
         # the policy object one lane and one token at a time, and a hand-written plain-Python rule.
@@ -139,7 +149,8 @@ def main() -> None:
         summary = result.summary()
         print(
             f"{name}: {c} configs x {n} sequences = {c * n} lanes, {decisions / 1e6:.0f}M decisions "
-            f"in {best:.2f} s (routes + CostLedger + metrics) -> {fast_rate / 1e6:.1f}M decisions/s; "
+            f"in {best[threads]:.2f} s on {threads} thread(s) (routes + CostLedger + metrics) -> "
+            f"{fast_rate / 1e6:.1f}M decisions/s (one thread: {best[1]:.2f} s, {one_rate / 1e6:.1f}M/s); "
             f"per-token policy loop {loop_rate / 1e3:.1f}k decisions/s (speedup {fast_rate / loop_rate:.0f}x); "
             f"plain-Python rule loop {naive_rate / 1e6:.2f}M decisions/s (speedup {fast_rate / naive_rate:.1f}x); "
             f"routes equal on the subset: {match}; mean large_share {summary['large_share']:.3f}"
@@ -148,7 +159,8 @@ def main() -> None:
             raise SystemExit(f"{name}: batched and naive routes differ")
         figures.append((fast_rate, fast_rate / loop_rate, fast_rate / naive_rate))
     slow_rate, slow_speedup, slow_plain = min(figures)
-    print(f"slower policy: {slow_rate / 1e6:.1f}M decisions/s, {slow_speedup:.0f}x the per-token policy loop, "
+    print(f"slower policy ({threads} thread(s)): {slow_rate / 1e6:.1f}M decisions/s, "
+          f"{slow_speedup:.0f}x the per-token policy loop, "
           f"{slow_plain:.1f}x the plain-Python rule loop")
     print(f"speedup_vs_naive={slow_speedup:.0f} decisions_per_s={slow_rate:.3g}")
 
