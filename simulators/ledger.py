@@ -60,11 +60,14 @@ def fill_ledger(
         any_retry = bool(retried.any())
         for m in range(m_count):
             shown = c == m
-            emits = e == m
-            shown_n[m] += shown.sum(0, dtype=np.int8)
-            emitted_n[m] += emits.sum(0, dtype=np.int8)
+            shown_sum = shown.sum(0, dtype=np.int8)
+            shown_n[m] += shown_sum
             touched = shown
-            if any_retry:
+            if not any_retry:  # every position emitted by the model that computed it
+                emitted_n[m] += shown_sum
+            else:
+                emits = e == m
+                emitted_n[m] += emits.sum(0, dtype=np.int8)
                 reemit = emits & retried
                 wasted_n[m] += (shown & retried).sum(0, dtype=np.int8)
                 reemit_n[m] += reemit.sum(0, dtype=np.int8)
