@@ -200,6 +200,8 @@ def replay(
     elif cost_model.num_models != m_count:
         raise EadError(f"cost model has {cost_model.num_models} models, the trace has {m_count}")
     seq = np.arange(data.num_sequences) if lane_sequence is None else np.asarray(lane_sequence, np.int64)
+    if seq.ndim != 1 or (seq.size and (int(seq.min()) < 0 or int(seq.max()) >= data.num_sequences)):
+        raise EadError(f"lane_sequence must be a 1-d array of sequence indices in [0, {data.num_sequences})")
     threads = default_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise EadError(f"threads must be an integer >= 1, got {threads!r}")
@@ -312,17 +314,25 @@ def _run(
     disagree = data.disagree if getattr(policy, "replay_only", False) else None
     # While every lane is live (t < the shortest length) the masks below are no-ops: skip them.
     all_live = int(lengths.min(initial=t_max))
+    # Lanes that tile the sequences (a sweep's block) gather per-sequence rows by tiling them.
+    n_seq = data.num_sequences
+    tiles = n // n_seq if n_seq and n % n_seq == 0 else 0
+    tiled = tiles > 0 and np.array_equal(seq, np.tile(np.arange(n_seq), tiles))
     every = np.ones(n, bool)
     for t in range(t_max):
         full = t < all_live
         live = every if full else lengths > t
         np.add(base, model, out=idx)
-        entropy = data.entropy[t].reshape(-1).take(idx)
+        # Every index is in range (lane_sequence and the routes are checked): no bounds checks.
+        entropy = data.entropy[t].reshape(-1).take(idx, mode="wrap")
         logprobs = token_ids = None
         if with_topk:
-            logprobs = data.top_logprobs[t].reshape(-1, k).take(idx, axis=0)
-            token_ids = data.top_ids[t].reshape(-1, k).take(idx, axis=0)
-        future = None if disagree is None else {"disagree": disagree[t].take(seq)}
+            logprobs = data.top_logprobs[t].reshape(-1, k).take(idx, axis=0, mode="wrap")
+            token_ids = data.top_ids[t].reshape(-1, k).take(idx, axis=0, mode="wrap")
+        future = None if disagree is None else {"disagree": disagree[t].take(seq, mode="wrap")}
+        token = None
+        if data.tokens is not None:
+            token = np.tile(data.tokens[t], tiles) if tiled else data.tokens[t].take(seq, mode="wrap")
         step = Step(
             entropy=entropy,
             model=model,
@@ -330,7 +340,7 @@ def _run(
             live=live,
             logprobs=logprobs,
             token_ids=token_ids,
-            token=None if data.tokens is None else data.tokens[t].take(seq),
+            token=token,
             vocab_size=vocab,
             future=future,
         )

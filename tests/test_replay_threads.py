@@ -156,3 +156,11 @@ def test_an_error_names_the_lane_of_the_whole_replay():
     traces = synthetic_traces(8, 6, k=2, seed=1)
     with tiny_blocks(), pytest.raises(ModelCountError, match="routed lane 6 to model 7"):
         replay(traces, _RouteTooHigh(6), threads=4)
+
+
+def test_lane_sequence_out_of_range_is_refused():
+    traces = synthetic_traces(3, 5, k=2, seed=2)
+    policy = load_policy("rolling_entropy")
+    for bad in ([0, 3], [-1, 0], [[0, 1]]):
+        with pytest.raises(EadError, match=r"lane_sequence must be a 1-d array of sequence indices in \[0, 3\)"):
+            replay(traces, policy, lane_sequence=np.asarray(bad))
