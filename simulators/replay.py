@@ -14,6 +14,7 @@ position ``t`` and emits it (model ``m``'s forward is paid and wasted). Costs ar
 
 from __future__ import annotations
 
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,8 +204,9 @@ def replay(
     if seq.ndim != 1 or (seq.size and (int(seq.min()) < 0 or int(seq.max()) >= data.num_sequences)):
         raise EadError(f"lane_sequence must be a 1-d array of sequence indices in [0, {data.num_sequences})")
     threads = default_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise EadError(f"threads must be an integer >= 1, got {threads!r}")
+    threads = int(threads)
     n, t_max = int(seq.shape[0]), data.t_max
     computed = np.full((t_max, n), -1, np.int8)
     emitted = np.full((t_max, n), -1, np.int8)
@@ -272,7 +274,7 @@ MIN_BLOCK_LANES = 30_000
 
 Each array operation of a step hands the GIL between the threads, a fixed cost per step (about
 0.35 ms a step per thread measured on the 2-core development machine, whatever the block size):
-two threads broke even at about 24k lanes each, and gained 1.25x at 32k and 1.5x at 64k each.
+two threads broke even at about 24k lanes each, and gained about 1.25x at 32k and 1.5x at 64k each.
 """
 
 
