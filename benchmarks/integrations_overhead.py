@@ -34,9 +34,17 @@ from ead_sdk.integrations import PolicyObserver, ead_generate
 def model(hidden: int, layers: int, vocab: int, seed: int, device: str) -> Any:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2, initializer_range=0.5,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        initializer_range=0.5,
     )
     return LlamaForCausalLM(cfg).eval().to(device)
 
@@ -88,8 +96,15 @@ def main() -> None:
         out["seen"] = observer.finish(out["observed"])
 
     def via_transformers() -> None:
-        out["custom"] = large.generate(ids, custom_generate=ead_generate, ead_policy=spec, ead_models=[small],
-                                       max_new_tokens=args.new, eos_token_id=[], pad_token_id=0)
+        out["custom"] = large.generate(
+            ids,
+            custom_generate=ead_generate,
+            ead_policy=spec,
+            ead_models=[small],
+            max_new_tokens=args.new,
+            eos_token_id=[],
+            pad_token_id=0,
+        )
 
     def direct() -> None:
         out["direct"] = ead_sdk.generate(backend, policy, ids.tolist(), max_new_tokens=args.new)
@@ -98,7 +113,7 @@ def main() -> None:
     trials(fns, 1, sync)  # warm-up
     t = trials(fns, args.repeats, sync)
     assert torch.equal(out["plain"], out["observed"]), "the observer changed generate's output"
-    assert out["custom"][:, ids.shape[1]:].tolist() == [list(lane.tokens) for lane in out["direct"]]
+    assert out["custom"][:, ids.shape[1] :].tolist() == [list(lane.tokens) for lane in out["direct"]]
     tokens = args.batch * args.new
     share = sum(int((lane.routes != 1).sum()) for lane in out["seen"]) / tokens
     med = {k: float(np.median(v)) for k, v in t.items()}
@@ -106,8 +121,10 @@ def main() -> None:
     custom = t["custom"] / t["direct"]
     print(f"device={device} batch={args.batch} new={args.new} vocab={args.vocab} trials={args.repeats}")
     print(f"large.generate            {med['plain']:.4f} s  {tokens / med['plain']:.1f} tok/s")
-    print(f"  + PolicyObserver        {med['observed']:.4f} s  {tokens / med['observed']:.1f} tok/s"
-          f"  (would route {share:.3f} of next tokens to the small model)")
+    print(
+        f"  + PolicyObserver        {med['observed']:.4f} s  {tokens / med['observed']:.1f} tok/s"
+        f"  (would route {share:.3f} of next tokens to the small model)"
+    )
     print(f"ead_sdk.generate          {med['direct']:.4f} s  (large share {out['direct'].report.large_share:.3f})")
     print(f"generate(custom_generate) {med['custom']:.4f} s")
     print(f"observer overhead per trial: {spread(observer)}")

@@ -89,9 +89,11 @@ def main() -> None:
     path = build_dataset(Path(args.data), args.sequences, args.tokens, args.files)
     configs = expand_grid(GRID)
     decisions = len(configs) * args.sequences * args.tokens
-    print(f"trace: {args.sequences} sequences x {args.tokens} tokens = {args.sequences * args.tokens / 1e6:.0f}M "
-          f"tokens, 2 models, k=4; grid: {len(configs)} rolling_entropy configurations "
-          f"({decisions / 1e6:.0f}M decisions); batches of {args.batch_rows} sequences")
+    print(
+        f"trace: {args.sequences} sequences x {args.tokens} tokens = {args.sequences * args.tokens / 1e6:.0f}M "
+        f"tokens, 2 models, k=4; grid: {len(configs)} rolling_entropy configurations "
+        f"({decisions / 1e6:.0f}M decisions); batches of {args.batch_rows} sequences"
+    )
 
     # Per-worker throughput: the worker's kernel on one batch, in this process.
     meta = read_meta(path)
@@ -101,8 +103,10 @@ def main() -> None:
     sweep_totals(data, "rolling_entropy", configs, with_topk=False)
     kernel_s = time.perf_counter() - t0
     per_worker = len(configs) * batch.num_tokens / kernel_s
-    print(f"worker kernel on one batch ({len(batch)} sequences, {len(configs)} configs): {kernel_s:.2f} s "
-          f"-> {per_worker / 1e6:.1f}M decisions/s per worker")
+    print(
+        f"worker kernel on one batch ({len(batch)} sequences, {len(configs)} configs): {kernel_s:.2f} s "
+        f"-> {per_worker / 1e6:.1f}M decisions/s per worker"
+    )
 
     t0 = time.perf_counter()
     local = sweep(path, "rolling_entropy", GRID, with_topk=False, batch_rows=args.batch_rows)
@@ -116,8 +120,10 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     init_s = time.perf_counter() - t0
     wall, per_task_ms = ray_overhead(ray, args.overhead_blocks)
-    print(f"ray.init: {init_s:.1f} s; trivial map_batches over {args.overhead_blocks} blocks on {args.cpus} CPUs: "
-          f"{wall:.2f} s -> {per_task_ms:.1f} ms per task (wall), {per_task_ms * args.cpus:.1f} ms CPU-slot per task")
+    print(
+        f"ray.init: {init_s:.1f} s; trivial map_batches over {args.overhead_blocks} blocks on {args.cpus} CPUs: "
+        f"{wall:.2f} s -> {per_task_ms:.1f} ms per task (wall), {per_task_ms * args.cpus:.1f} ms CPU-slot per task"
+    )
 
     ds_cols = replay_columns(meta, False)
     t0 = time.perf_counter()
@@ -134,10 +140,14 @@ def main() -> None:
 
     identical = local.table.to_pylist() == on_ray.table.to_pylist()
     tasks = -(-args.sequences // args.batch_rows)
-    print(f"tables identical (all {local.table.num_columns} columns x {local.table.num_rows} rows): {identical}; "
-          f"{tasks} map tasks; mean large_share {np.mean(local.table.column('large_share').to_numpy()):.3f}")
-    print(f"local_s={local_s:.1f} ray_s={ray_s:.1f} ray_vs_local={local_s / ray_s:.2f} "
-          f"per_worker_decisions_per_s={per_worker:.3g} ray_task_overhead_ms={per_task_ms:.1f} identical={identical}")
+    print(
+        f"tables identical (all {local.table.num_columns} columns x {local.table.num_rows} rows): {identical}; "
+        f"{tasks} map tasks; mean large_share {np.mean(local.table.column('large_share').to_numpy()):.3f}"
+    )
+    print(
+        f"local_s={local_s:.1f} ray_s={ray_s:.1f} ray_vs_local={local_s / ray_s:.2f} "
+        f"per_worker_decisions_per_s={per_worker:.3g} ray_task_overhead_ms={per_task_ms:.1f} identical={identical}"
+    )
     ray.shutdown()
     if not identical:
         raise SystemExit("the engines disagree")

@@ -102,8 +102,10 @@ def main() -> None:
     t0 = time.perf_counter()
     traces = synthetic_traces(n, t_len, k=4, seed=0)
     data = ReplayData.from_traces(traces, with_topk=False)
-    print(f"trace: {n} sequences x {t_len} tokens, 2 models, k=4 "
-          f"(generated and laid out in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"trace: {n} sequences x {t_len} tokens, 2 models, k=4 "
+        f"(generated and laid out in {time.perf_counter() - t0:.1f} s)"
+    )
     entropy = [s.entropy for s in traces.take(range(min(args.naive_sequences, n))).sequences()]
     few = max(1, len(entropy) // 8)  # the policy loop is slow: fewer sequences
 
@@ -159,9 +161,11 @@ def main() -> None:
             raise SystemExit(f"{name}: batched and naive routes differ")
         figures.append((fast_rate, fast_rate / loop_rate, fast_rate / naive_rate))
     slow_rate, slow_speedup, slow_plain = min(figures)
-    print(f"slower policy ({threads} thread(s)): {slow_rate / 1e6:.1f}M decisions/s, "
-          f"{slow_speedup:.0f}x the per-token policy loop, "
-          f"{slow_plain:.1f}x the plain-Python rule loop")
+    print(
+        f"slower policy ({threads} thread(s)): {slow_rate / 1e6:.1f}M decisions/s, "
+        f"{slow_speedup:.0f}x the per-token policy loop, "
+        f"{slow_plain:.1f}x the plain-Python rule loop"
+    )
     print(f"speedup_vs_naive={slow_speedup:.0f} decisions_per_s={slow_rate:.3g}")
 
 

@@ -186,9 +186,7 @@ def validate_params(policy: str, declared: tuple[Param, ...], given: Mapping[str
     known = {p.name: p for p in declared}
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise ParameterError(
-            f"policy {policy!r}: unknown parameter(s) {unknown}; known: {sorted(known) or 'none'}"
-        )
+        raise ParameterError(f"policy {policy!r}: unknown parameter(s) {unknown}; known: {sorted(known) or 'none'}")
     out: dict[str, Any] = {}
     for p in declared:
         if p.name in given:

@@ -115,9 +115,7 @@ class EntropyBounds:
     unit: Unit = "nats"
 
 
-def topk_entropy_bounds(
-    top_logprobs: Array, vocab_size: int | None = None, unit: Unit = "nats"
-) -> EntropyBounds:
+def topk_entropy_bounds(top_logprobs: Array, vocab_size: int | None = None, unit: Unit = "nats") -> EntropyBounds:
     """Tight bounds on the entropy of a distribution known only through its top-k log-probs.
 
     The unseen mass ``r = 1 - sum(p_top)`` lies on tokens no more likely than the least likely

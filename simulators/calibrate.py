@@ -157,9 +157,7 @@ def calibrate(
     if engine not in ("local", "ray"):
         raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
     if not isinstance(traces, TraceSet) and (engine == "local" or held_out > 0):
-        raise ParameterError(
-            "calibrate splits a TraceSet in memory; a dataset path needs engine='ray' and held_out=0"
-        )
+        raise ParameterError("calibrate splits a TraceSet in memory; a dataset path needs engine='ray' and held_out=0")
     if (target_large_share is None) == (target_cost_ratio is None):
         raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
     metric = "large_share" if target_large_share is not None else "cost_ratio"
@@ -186,8 +184,9 @@ def calibrate(
         costs = cost_model or meta.cost_model()
 
         def run(configs: list[dict[str, Any]]) -> np.ndarray:
-            totals = ray_sweep_totals(*dataset, policy.name, configs, **options, cost_model=costs,
-                                      batch_rows=batch_rows)
+            totals = ray_sweep_totals(
+                *dataset, policy.name, configs, **options, cost_model=costs, batch_rows=batch_rows
+            )
             return np.array([_report_metric(t.report(costs), metric) for t in totals])
     else:
         data = ReplayData.from_traces(calib)

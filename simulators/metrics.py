@@ -128,9 +128,7 @@ def pgr(quality: float, q_small: float, q_large: float) -> float:
     return float("nan") if gap == 0 else (quality - q_small) / gap
 
 
-def routellm_summary(
-    points: Sequence[tuple[float, float]], q_small: float, q_large: float
-) -> dict[str, float]:
+def routellm_summary(points: Sequence[tuple[float, float]], q_small: float, q_large: float) -> dict[str, float]:
     """RouteLLM-style summary of quality versus large-model share.
 
     The curve runs through the Pareto-optimal points among the measured ``(large_share,

@@ -52,9 +52,7 @@ def connect(address: str | None = None) -> ModuleType:
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise RayUnavailableError(
-            f"engine='ray' needs Ray Data: pip install 'ead-sdk[ray]' ({exc})"
-        ) from None
+        raise RayUnavailableError(f"engine='ray' needs Ray Data: pip install 'ead-sdk[ray]' ({exc})") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     return ray
@@ -78,9 +76,7 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
         table = source.table if columns is None else source.table.select(list(columns))
         return ray.data.from_arrow(table), source.meta, len(source)
     if not isinstance(source, (str, os.PathLike)):
-        raise TraceError(
-            f"engine='ray' reads a Parquet trace path or a TraceSet, got {type(source).__name__}"
-        )
+        raise TraceError(f"engine='ray' reads a Parquet trace path or a TraceSet, got {type(source).__name__}")
     import pyarrow.parquet as pq
 
     from ead_sdk.traces.reader import _dataset_files, detect_format, read_meta
@@ -89,8 +85,7 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
     fmt = detect_format(path)
     if fmt not in ("parquet", "parquet-dataset"):
         raise TraceError(
-            f"{path}: engine='ray' reads Parquet; turn the {fmt} into a dataset first "
-            "(ead_sdk.traces.compact)"
+            f"{path}: engine='ray' reads Parquet; turn the {fmt} into a dataset first (ead_sdk.traces.compact)"
         )
     meta = read_meta(path)
     files = _dataset_files(path) if fmt == "parquet-dataset" else [path]
@@ -139,8 +134,14 @@ def sweep_batch(
         configs = json.loads(configs_json)
         data = ReplayData.from_traces(_checked(meta, table, source), with_topk=with_topk)
         totals = sweep_totals(
-            data, policy_name, configs, escalation=escalation, initial_model=initial_model,
-            cost_model=_cost_from_json(cost_json), with_topk=with_topk, max_lanes=max_lanes,
+            data,
+            policy_name,
+            configs,
+            escalation=escalation,
+            initial_model=initial_model,
+            cost_model=_cost_from_json(cost_json),
+            with_topk=with_topk,
+            max_lanes=max_lanes,
             threads=1,  # a Ray worker holds one CPU: its parallelism is Ray's
         )
     except EadError as exc:  # reported to the driver as data, raised there as its own class
@@ -252,8 +253,17 @@ def ray_sweep(
     cost_model = cost_model or meta.cost_model()
     _check_costs(cost_model, meta)
     totals = ray_sweep_totals(
-        ds, meta, rows, policy_name, configs, escalation=escalation, initial_model=initial_model,
-        cost_model=cost_model, with_topk=with_topk, batch_rows=batch_rows, progress=progress,
+        ds,
+        meta,
+        rows,
+        policy_name,
+        configs,
+        escalation=escalation,
+        initial_model=initial_model,
+        cost_model=cost_model,
+        with_topk=with_topk,
+        batch_rows=batch_rows,
+        progress=progress,
         source=_name(source),
     )
     return result_from_totals(configs, totals, cost_model, quality)

@@ -116,16 +116,32 @@ def sweep(
         from ead_sdk.simulators.ray_engine import ray_sweep
 
         return ray_sweep(
-            traces, policy_name, configs, escalation=escalation, initial_model=initial_model,
-            cost_model=cost_model, with_topk=topk, quality=quality, address=address,
-            batch_rows=batch_rows, progress=progress,
+            traces,
+            policy_name,
+            configs,
+            escalation=escalation,
+            initial_model=initial_model,
+            cost_model=cost_model,
+            with_topk=topk,
+            quality=quality,
+            address=address,
+            batch_rows=batch_rows,
+            progress=progress,
         )
     if engine != "local":
         raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
     if isinstance(traces, (str, os.PathLike)):
         return _sweep_streamed(
-            traces, policy_name, configs, escalation=escalation, initial_model=initial_model,
-            cost_model=cost_model, with_topk=topk, quality=quality, batch_rows=batch_rows, progress=progress,
+            traces,
+            policy_name,
+            configs,
+            escalation=escalation,
+            initial_model=initial_model,
+            cost_model=cost_model,
+            with_topk=topk,
+            quality=quality,
+            batch_rows=batch_rows,
+            progress=progress,
             threads=threads,
         )
     data = ReplayData.from_traces(traces, with_topk=topk)
@@ -245,8 +261,14 @@ def _sweep_streamed(
     for batch in iter_trace_batches(path, replay_columns(meta, with_topk), batch_rows=batch_rows):
         data = ReplayData.from_traces(batch, with_topk=with_topk)
         parts = sweep_totals(
-            data, policy_name, configs, escalation=escalation, initial_model=initial_model,
-            cost_model=cost_model, with_topk=with_topk, threads=threads,
+            data,
+            policy_name,
+            configs,
+            escalation=escalation,
+            initial_model=initial_model,
+            cost_model=cost_model,
+            with_topk=with_topk,
+            threads=threads,
         )
         for acc, part in zip(merged, parts, strict=True):
             acc.merge(part)

@@ -86,8 +86,15 @@ def synthetic_traces(
         vocab_size=vocab_size,
         tokenizer_fingerprint="synthetic",
         k=k,
-        generation={"synthetic": {"seed": seed, "emitter": emitter, "p_enter_hard": p_enter_hard,
-                                  "p_leave_hard": p_leave_hard, "correlation": correlation}},
+        generation={
+            "synthetic": {
+                "seed": seed,
+                "emitter": emitter,
+                "p_enter_hard": p_enter_hard,
+                "p_leave_hard": p_leave_hard,
+                "correlation": correlation,
+            }
+        },
     )
 
     # Regimes, time-major (T, n): a two-state Markov chain per sequence.

@@ -265,8 +265,9 @@ def totals_table(totals: list[Totals], configs: list[int]) -> pa.Table:
 
 def error_table(exc: EadError) -> pa.Table:
     """A worker's SDK error as a one-row `TOTALS_SCHEMA` table (`merge_table` raises it)."""
-    return pa.Table.from_pylist([{"config": -1, "error_type": type(exc).__name__, "error": str(exc)}],
-                                schema=TOTALS_SCHEMA)
+    return pa.Table.from_pylist(
+        [{"config": -1, "error_type": type(exc).__name__, "error": str(exc)}], schema=TOTALS_SCHEMA
+    )
 
 
 def _raise_reported(row: dict[str, Any]) -> None:

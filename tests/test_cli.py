@@ -29,8 +29,11 @@ from ead_sdk.traces import read_traces, validate_table, write_traces
 COMMANDS = ("policies", "replay", "sweep", "calibrate", "record", "generate", "eval", "demo")
 BUILT_IN = {"rolling_entropy", "fixed", "hysteresis", "top_h", "cost_budget", "random", "confidence", "oracle"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RE_SPEC = {"policy": "rolling_entropy", "params": {"window": 3, "threshold": 1.2, "unit": "nats"},
-           "escalation": "retry"}
+RE_SPEC = {
+    "policy": "rolling_entropy",
+    "params": {"window": 3, "threshold": 1.2, "unit": "nats"},
+    "escalation": "retry",
+}
 
 
 def ead(*args: Any) -> Any:
@@ -142,8 +145,9 @@ def test_policies_table_names_every_policy() -> None:
 
 def test_python_dash_m_runs_the_cli_and_offline_commands_need_no_torch(demo_trace: Path) -> None:
     """``python -m ead_sdk.cli`` is the ``ead`` command; ``ead replay`` runs with torch/transformers unimportable."""
-    out = subprocess.run([sys.executable, "-m", "ead_sdk.cli", "policies", "--json"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ead_sdk.cli", "policies", "--json"], capture_output=True, text=True, check=True
+    )
     assert BUILT_IN <= {p["name"] for p in json.loads(out.stdout)["policies"]}
     code = (
         "import sys\n"
@@ -212,8 +216,21 @@ def test_replay_json_equals_the_simulator_for_any_configuration(
 
 def test_sweep_json_rows_equal_the_simulator_and_the_plot_is_a_png(trace_path: Path, tmp_path: Path) -> None:
     plot = tmp_path / "plots" / "frontier.png"
-    data = ok_json(ead("sweep", trace_path, "-p", "rolling_entropy", "--grid", "threshold=0.5:2.5:5",
-                       "--grid", "window=1,4", "--plot", plot, "--json"))
+    data = ok_json(
+        ead(
+            "sweep",
+            trace_path,
+            "-p",
+            "rolling_entropy",
+            "--grid",
+            "threshold=0.5:2.5:5",
+            "--grid",
+            "window=1,4",
+            "--plot",
+            plot,
+            "--json",
+        )
+    )
     grid = {"threshold": [float(v) for v in np.linspace(0.5, 2.5, 5)], "window": [1, 4]}
     direct = sweep(read_traces(trace_path), "rolling_entropy", grid, quality="quality")
     assert data["quality"] == "quality"  # the synthetic trace is labelled
@@ -231,17 +248,40 @@ def test_sweep_json_rows_equal_the_simulator_and_the_plot_is_a_png(trace_path: P
 
 
 def test_sweep_table_and_quality_choice(trace_path: Path) -> None:
-    result = ead("sweep", trace_path, "-p", "rolling_entropy", "-g", "threshold=0.5,1.5", "--quality", "agreement",
-                 "--escalation", "retry")
+    result = ead(
+        "sweep",
+        trace_path,
+        "-p",
+        "rolling_entropy",
+        "-g",
+        "threshold=0.5,1.5",
+        "--quality",
+        "agreement",
+        "--escalation",
+        "retry",
+    )
     assert result.exit_code == 0, result.output
     assert "sweep of rolling_entropy (retry)" in result.stdout and "agreement" in result.stdout
     assert sum(line.startswith("│") for line in result.stdout.splitlines()) == 2  # one table row per configuration
-    data = ok_json(ead("sweep", trace_path, "-p", "rolling_entropy", "-g", "threshold=0.5,1.5", "--quality",
-                       "agreement", "--escalation", "retry", "--json"))
-    direct = sweep(read_traces(trace_path), "rolling_entropy", {"threshold": [0.5, 1.5]}, escalation="retry",
-                   quality="agreement")
-    assert [{k: v for k, v in r.items() if k != "frontier"} for r in data["rows"]] == jsonable(
-        direct.table.to_pylist())
+    data = ok_json(
+        ead(
+            "sweep",
+            trace_path,
+            "-p",
+            "rolling_entropy",
+            "-g",
+            "threshold=0.5,1.5",
+            "--quality",
+            "agreement",
+            "--escalation",
+            "retry",
+            "--json",
+        )
+    )
+    direct = sweep(
+        read_traces(trace_path), "rolling_entropy", {"threshold": [0.5, 1.5]}, escalation="retry", quality="agreement"
+    )
+    assert [{k: v for k, v in r.items() if k != "frontier"} for r in data["rows"]] == jsonable(direct.table.to_pylist())
 
 
 def test_sweep_defaults_to_the_shipped_trace(demo_trace: Path) -> None:
@@ -285,8 +325,21 @@ def test_parse_grid_either_parses_or_refuses_with_a_user_error(item: str) -> Non
 def test_calibrate_equals_the_simulator_and_its_spec_round_trips(trace_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "spec.json"
     start = json.dumps({"policy": "rolling_entropy", "params": {"window": 2, "unit": "nats"}})
-    data = ok_json(ead("calibrate", trace_path, "--policy", start, "--param", "threshold", "--target-large-share",
-                       "0.3", "--out", out, "--json"))
+    data = ok_json(
+        ead(
+            "calibrate",
+            trace_path,
+            "--policy",
+            start,
+            "--param",
+            "threshold",
+            "--target-large-share",
+            "0.3",
+            "--out",
+            out,
+            "--json",
+        )
+    )
     direct = calibrate(read_traces(trace_path), load_policy(start), "threshold", target_large_share=0.3)
     assert data["parameter"] == "threshold" and data["metric"] == "large_share" and data["target"] == 0.3
     assert data["value"] == direct.value
@@ -299,14 +352,47 @@ def test_calibrate_equals_the_simulator_and_its_spec_round_trips(trace_path: Pat
 
 
 def test_calibrate_to_a_cost_ratio_on_the_shipped_trace(demo_trace: Path) -> None:
-    data = ok_json(ead("calibrate", "--policy", "hysteresis", "--param", "upper", "--target-cost-ratio", "0.5",
-                       "--low", "1.0", "--high", "8.0", "--held-out", "0.25", "--json"))
-    direct = calibrate(read_traces(demo_trace), load_policy("hysteresis"), "upper", target_cost_ratio=0.5,
-                       held_out=0.25, bounds=(1.0, 8.0))
+    data = ok_json(
+        ead(
+            "calibrate",
+            "--policy",
+            "hysteresis",
+            "--param",
+            "upper",
+            "--target-cost-ratio",
+            "0.5",
+            "--low",
+            "1.0",
+            "--high",
+            "8.0",
+            "--held-out",
+            "0.25",
+            "--json",
+        )
+    )
+    direct = calibrate(
+        read_traces(demo_trace),
+        load_policy("hysteresis"),
+        "upper",
+        target_cost_ratio=0.5,
+        held_out=0.25,
+        bounds=(1.0, 8.0),
+    )
     assert data["metric"] == "cost_ratio" and data["value"] == direct.value
     assert data["sequences"] == list(direct.sequences) and sum(data["sequences"]) == 192
-    text = ead("calibrate", "--policy", "hysteresis", "--param", "upper", "--target-cost-ratio", "0.5", "--low",
-               "1.0", "--high", "8.0")
+    text = ead(
+        "calibrate",
+        "--policy",
+        "hysteresis",
+        "--param",
+        "upper",
+        "--target-cost-ratio",
+        "0.5",
+        "--low",
+        "1.0",
+        "--high",
+        "8.0",
+    )
     assert text.exit_code == 0 and "hysteresis: upper = " in text.stdout
 
 
@@ -358,8 +444,9 @@ def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_p
     pfile = tmp_path / "prompts.jsonl"
     pfile.write_text("\n".join(json.dumps(p) for p in prompts) + "\n\n")
     out = tmp_path / "rec.parquet"
-    result = ead("record", "--models", *pair, "--prompts", pfile, "--out", out, "--max-new-tokens", 6, "--batch", 2,
-                 "--k", 4)
+    result = ead(
+        "record", "--models", *pair, "--prompts", pfile, "--out", out, "--max-new-tokens", 6, "--batch", 2, "--k", 4
+    )
     assert result.exit_code == 0, result.output
     assert f"wrote 3 sequences, {read_traces(out).num_tokens} tokens" in result.stdout
     traces = read_traces(out)
@@ -403,8 +490,9 @@ def eval_rows_are_consistent(rows: list[dict[str, Any]]) -> None:
 @pytest.fixture(scope="module")
 def eval_run(pair: list[str]) -> dict[str, Any]:
     hyst = json.dumps({"policy": "hysteresis", "params": {"upper": 2.0, "lower": 1.0}, "escalation": "retry"})
-    return ok_json(ead("eval", "--models", *pair, "-p", "rolling_entropy", "-p", hyst, "-n", 4,
-                       "--max-new-tokens", 8, "--json"))
+    return ok_json(
+        ead("eval", "--models", *pair, "-p", "rolling_entropy", "-p", hyst, "-n", 4, "--max-new-tokens", 8, "--json")
+    )
 
 
 def test_eval_reports_baselines_and_policies_with_consistent_gap_measures(eval_run: dict[str, Any]) -> None:
@@ -420,8 +508,9 @@ def test_eval_figures_equal_the_live_evaluation(pair: list[str], eval_run: dict[
     from ead_sdk.demo import task
     from ead_sdk.demo.live import evaluate_live, load_backend
 
-    score = evaluate_live(load_backend(pair), load_policy("rolling_entropy"), task.load_eval_prompts(4), batch=2,
-                          max_new_tokens=8)
+    score = evaluate_live(
+        load_backend(pair), load_policy("rolling_entropy"), task.load_eval_prompts(4), batch=2, max_new_tokens=8
+    )
     row = eval_run["rows"][2]
     assert row["quality"] == jsonable(score.quality)
     assert row["large_share"] == score.report.large_share and row["cost_ratio"] == score.report.cost_ratio
@@ -505,20 +594,36 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, trace_path: Path) -> dic
     bad_jsonl.write_text('"fine"\n{"prompt": 3}\n')
     good = root / "good.txt"
     good.write_text("import os\n")
-    return {"good": good, "garbage": garbage, "truncated": truncated, "foreign": foreign, "empty": empty, "bad_jsonl": bad_jsonl}
+    return {
+        "good": good,
+        "garbage": garbage,
+        "truncated": truncated,
+        "foreign": foreign,
+        "empty": empty,
+        "bad_jsonl": bad_jsonl,
+    }
 
 
 USER_ERRORS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("unknown policy", ["replay", "{trace}", "--policy", "nope"], ("unknown policy 'nope'", "rolling_entropy")),
-    ("unknown parameter", ["replay", "{trace}", "--policy", '{"policy": "fixed", "params": {"bogus": 1}}'],
-     ("'fixed'", "bogus")),
-    ("out-of-range parameter", ["replay", "{trace}", "--policy", '{"policy": "random", "params": {"p": 2}}'],
-     ("'random'", "p")),
+    (
+        "unknown parameter",
+        ["replay", "{trace}", "--policy", '{"policy": "fixed", "params": {"bogus": 1}}'],
+        ("'fixed'", "bogus"),
+    ),
+    (
+        "out-of-range parameter",
+        ["replay", "{trace}", "--policy", '{"policy": "random", "params": {"p": 2}}'],
+        ("'random'", "p"),
+    ),
     ("missing trace", ["replay", "{tmp}/missing.parquet", "--policy", "fixed"], ("missing.parquet",)),
     ("garbage trace", ["replay", "{garbage}", "--policy", "fixed"], ("garbage.parquet",)),
     ("truncated trace", ["sweep", "{truncated}", "-p", "fixed", "-g", "model=0,1"], ("truncated.parquet",)),
-    ("foreign parquet", ["calibrate", "{foreign}", "-p", "rolling_entropy", "--param", "threshold",
-                         "--target-large-share", "0.3"], ("foreign.parquet", "not an ead-sdk trace")),
+    (
+        "foreign parquet",
+        ["calibrate", "{foreign}", "-p", "rolling_entropy", "--param", "threshold", "--target-large-share", "0.3"],
+        ("foreign.parquet", "not an ead-sdk trace"),
+    ),
     ("bad JSON spec", ["replay", "{trace}", "--policy", '{"policy": "rolling_entropy",'], ("not valid JSON",)),
     ("missing spec file", ["replay", "{trace}", "--policy", "{tmp}/nope.json"], ("nope.json",)),
     ("grid without =", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold"], ("'threshold'",)),
@@ -526,26 +631,64 @@ USER_ERRORS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("grid short range", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=1:2"], ("START:STOP:COUNT",)),
     ("grid zero count", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=1:2:0"], ("COUNT >= 1",)),
     ("grid no values", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=,"], ("threshold=,",)),
-    ("grid twice", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=1", "-g", "threshold=2"],
-     ("threshold",)),
+    (
+        "grid twice",
+        ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=1", "-g", "threshold=2"],
+        ("threshold",),
+    ),
     ("grid unknown parameter", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "bogus=1,2"], ("bogus",)),
-    ("sweep unknown engine", ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=1", "--engine", "spark"],
-     ("expected local or ray",)),
-    ("calibrate without target", ["calibrate", "{trace}", "-p", "rolling_entropy", "--param", "threshold"],
-     ("target",)),
-    ("calibrate unknown parameter", ["calibrate", "{trace}", "-p", "rolling_entropy", "--param", "bogus",
-                                     "--target-large-share", "0.3"], ("bogus",)),
-    ("calibrate half bounds", ["calibrate", "{trace}", "-p", "rolling_entropy", "--param", "threshold",
-                               "--target-large-share", "0.3", "--low", "0"], ("--low and --high",)),
+    (
+        "sweep unknown engine",
+        ["sweep", "{trace}", "-p", "rolling_entropy", "-g", "threshold=1", "--engine", "spark"],
+        ("expected local or ray",),
+    ),
+    (
+        "calibrate without target",
+        ["calibrate", "{trace}", "-p", "rolling_entropy", "--param", "threshold"],
+        ("target",),
+    ),
+    (
+        "calibrate unknown parameter",
+        ["calibrate", "{trace}", "-p", "rolling_entropy", "--param", "bogus", "--target-large-share", "0.3"],
+        ("bogus",),
+    ),
+    (
+        "calibrate half bounds",
+        [
+            "calibrate",
+            "{trace}",
+            "-p",
+            "rolling_entropy",
+            "--param",
+            "threshold",
+            "--target-large-share",
+            "0.3",
+            "--low",
+            "0",
+        ],
+        ("--low and --high",),
+    ),
     ("missing model", ["generate", "--models", "{tmp}/no-such-model", "{tmp}/other", "hi"], ("no-such-model",)),
-    ("record missing model", ["record", "--models", "{tmp}/no-such-model", "{tmp}/other", "--prompts", "{good}",
-                              "--out", "{tmp}/o.parquet"], ("no-such-model",)),
-    ("record empty prompts", ["record", "--prompts", "{empty}", "--out", "{tmp}/o.parquet", "--models",
-                              "{tmp}", "{tmp}"], ("no prompts",)),
-    ("record bad jsonl", ["record", "--prompts", "{bad_jsonl}", "--out", "{tmp}/o.parquet", "--models",
-                          "{tmp}", "{tmp}"], ("bad.jsonl:2",)),
-    ("record missing prompts", ["record", "--prompts", "{tmp}/none.txt", "--out", "{tmp}/o.parquet", "--models",
-                                "{tmp}", "{tmp}"], ("none.txt",)),
+    (
+        "record missing model",
+        ["record", "--models", "{tmp}/no-such-model", "{tmp}/other", "--prompts", "{good}", "--out", "{tmp}/o.parquet"],
+        ("no-such-model",),
+    ),
+    (
+        "record empty prompts",
+        ["record", "--prompts", "{empty}", "--out", "{tmp}/o.parquet", "--models", "{tmp}", "{tmp}"],
+        ("no prompts",),
+    ),
+    (
+        "record bad jsonl",
+        ["record", "--prompts", "{bad_jsonl}", "--out", "{tmp}/o.parquet", "--models", "{tmp}", "{tmp}"],
+        ("bad.jsonl:2",),
+    ),
+    (
+        "record missing prompts",
+        ["record", "--prompts", "{tmp}/none.txt", "--out", "{tmp}/o.parquet", "--models", "{tmp}", "{tmp}"],
+        ("none.txt",),
+    ),
     ("generate unknown policy", ["generate", "--models", "{tmp}", "{tmp}", "-p", "nope", "hi"], ("unknown policy",)),
     ("eval no prompts", ["eval", "--models", "{tmp}", "{tmp}", "-p", "fixed", "-n", "0"], ("--prompts",)),
     ("eval unknown policy", ["eval", "--models", "{tmp}", "{tmp}", "-p", "nope", "-n", "1"], ("unknown policy",)),

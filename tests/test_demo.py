@@ -203,7 +203,9 @@ def held_out_scores(pair: tuple[Any, Any, Any]) -> dict[str, dict[str, np.ndarra
     return {name: {k: np.concatenate(v) for k, v in d.items()} for name, d in out.items()}
 
 
-def test_the_large_model_beats_the_small_one_on_held_out_bytes(held_out_scores: dict[str, dict[str, np.ndarray]]) -> None:
+def test_the_large_model_beats_the_small_one_on_held_out_bytes(
+    held_out_scores: dict[str, dict[str, np.ndarray]],
+) -> None:
     """Teacher-forced on ~2.5k held-out bytes: large has clearly fewer bits/byte and higher next-byte accuracy."""
     small, large = held_out_scores["small"], held_out_scores["large"]
     assert len(small["logp"]) > 2000
@@ -212,7 +214,9 @@ def test_the_large_model_beats_the_small_one_on_held_out_bytes(held_out_scores: 
     assert large["correct"].mean() > small["correct"].mean() + 0.05
 
 
-def test_the_small_model_is_confident_and_right_on_easy_bytes(held_out_scores: dict[str, dict[str, np.ndarray]]) -> None:
+def test_the_small_model_is_confident_and_right_on_easy_bytes(
+    held_out_scores: dict[str, dict[str, np.ndarray]],
+) -> None:
     """Where the small model's entropy is below 0.5 bits (a good share of bytes) its argmax is nearly always right."""
     small = held_out_scores["small"]
     easy = small["entropy"] / LN2 < 0.5

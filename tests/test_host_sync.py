@@ -47,8 +47,14 @@ def test_decide_never_syncs_with_the_host(name):
 
 def test_the_guard_catches_the_usual_syncs():
     x = torch.ones(3)
-    for bad in (lambda: x.sum().item(), lambda: bool(x.sum() > 0), lambda: x.tolist(), lambda: x.numpy(),
-                lambda: torch.nonzero(x), lambda: int(x[0])):
+    for bad in (
+        lambda: x.sum().item(),
+        lambda: bool(x.sum() > 0),
+        lambda: x.tolist(),
+        lambda: x.numpy(),
+        lambda: torch.nonzero(x),
+        lambda: int(x[0]),
+    ):
         with forbid_host_sync(), pytest.raises(HostSyncError):
             bad()
     with forbid_host_sync():
@@ -58,6 +64,8 @@ def test_the_guard_catches_the_usual_syncs():
 def test_numpy_policies_are_untouched_by_the_guard():
     policy = ead_sdk.load_policy("rolling_entropy")
     state = policy.init_state(2, np)
-    step = ead_sdk.Step(entropy=np.ones(2), model=np.zeros(2, np.int64), index=np.zeros(2, np.int64), live=np.ones(2, bool))
+    step = ead_sdk.Step(
+        entropy=np.ones(2), model=np.zeros(2, np.int64), index=np.zeros(2, np.int64), live=np.ones(2, bool)
+    )
     with forbid_host_sync():
         policy.decide(state, step)

@@ -22,7 +22,10 @@ def per_lane(name: str, escalation: str) -> ead_sdk.Policy:
     params = {
         p.name: {"per_lane": np.full(N, p.default).tolist()}
         for p in cls.parameters
-        if p.lane and p.kind in ("float", "int") and not p.required and isinstance(p.default, (int, float))
+        if p.lane
+        and p.kind in ("float", "int")
+        and not p.required
+        and isinstance(p.default, (int, float))
         and not isinstance(p.default, bool)
     }
     return ead_sdk.load_policy({"policy": name, "params": params, "escalation": escalation})
@@ -67,9 +70,17 @@ def test_per_lane_parameters_and_topk_steps_decide_on_the_device(name, escalatio
 def test_cost_budget_with_per_lane_costs_decides_on_the_device(mode):
     """cost_budget measuring cost with a (lanes, 2) cost array: no host sync either."""
     costs = np.array([[1.0, 8.0], [1.0, 4.0], [2.0, 3.0], [1.0, 70.0]])
-    policy = ead_sdk.load_policy({"policy": "cost_budget", "params": {
-        "measure": "cost", "costs": {"per_lane": costs.tolist()}, "budget": {"per_lane": [0.1, 0.2, 0.3, 0.5]},
-        "mode": mode}})
+    policy = ead_sdk.load_policy(
+        {
+            "policy": "cost_budget",
+            "params": {
+                "measure": "cost",
+                "costs": {"per_lane": costs.tolist()},
+                "budget": {"per_lane": [0.1, 0.2, 0.3, 0.5]},
+                "mode": mode,
+            },
+        }
+    )
     state = policy.init_state(N, torch)
     routes = torch.zeros(N, dtype=torch.int64)
     for step in topk_steps(12, seed=1):

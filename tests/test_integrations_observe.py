@@ -28,9 +28,17 @@ def tiny(layers: int, hidden: int, seed: int) -> Any:
     """A random Llama whose next-token entropies spread over (0, 2.5) nats (initializer_range=1)."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2, initializer_range=1.0,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        initializer_range=1.0,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -45,8 +53,8 @@ def batch(prompts: list[list[int]]) -> tuple[Any, Any]:
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     return ids, mask
 
 
@@ -75,19 +83,19 @@ def test_generate_output_is_unchanged(prompts, sample, seed, new):
     seen = observer.finish(watched, attention_mask=mask)
     for lane, prompt, row in zip(seen.lanes, prompts, watched, strict=True):
         assert lane.prompt.tolist() == prompt
-        assert lane.tokens.tolist() == row[ids.shape[1]:].tolist()
+        assert lane.tokens.tolist() == row[ids.shape[1] :].tolist()
         assert lane.entropy.shape == lane.routes.shape == lane.token_logprob.shape == (new,)
 
 
 def reference(ids: Any, mask: Any, out: Any) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-forced float64 entropy and token log-probs of every generated position, no cache."""
-    full_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1]:])], 1)
+    full_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1] :])], 1)
     pos = (full_mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
         logits = MODEL(out, attention_mask=full_mask, position_ids=pos).logits.double()
     logits = logits[:, ids.shape[1] - 1 : -1]
     h = ead_sdk.entropy(logits.numpy(), validate=False)
-    lp = torch.log_softmax(logits, -1).gather(2, out[:, ids.shape[1]:, None])[..., 0]
+    lp = torch.log_softmax(logits, -1).gather(2, out[:, ids.shape[1] :, None])[..., 0]
     return h, lp.numpy()
 
 
@@ -98,7 +106,9 @@ def numpy_routes(entropy: np.ndarray, live: np.ndarray, model_index: int) -> np.
     out = np.zeros((n, steps), np.int64)
     for t in range(steps):
         step = ead_sdk.Step(
-            entropy=entropy[:, t].astype(np.float64), model=np.full(n, model_index), index=np.full(n, t),
+            entropy=entropy[:, t].astype(np.float64),
+            model=np.full(n, model_index),
+            index=np.full(n, t),
             live=live[:, t],
         )
         routes, state = POLICY.decide(state, step)

@@ -100,7 +100,9 @@ def test_process_wide_registry_sees_new_distribution(site):
 
 
 def test_broken_import_is_reported_without_hiding_others(site):
-    make_distribution(site, "broken-policies", {"eadtest_broken": "import not_a_module_anywhere\n"}, {"broken": "eadtest_broken"})
+    make_distribution(
+        site, "broken-policies", {"eadtest_broken": "import not_a_module_anywhere\n"}, {"broken": "eadtest_broken"}
+    )
     make_distribution(site, "shiny-policies", {"eadtest_good": good_plugin()}, {"shiny": "eadtest_good"})
     with pytest.warns(PluginWarning, match="broken-policies"):
         reg = PolicyRegistry()
@@ -158,7 +160,9 @@ def test_duplicate_names_are_refused_naming_both_providers(site):
 
 
 def test_duplicate_of_a_builtin_keeps_the_builtin(site):
-    make_distribution(site, "evil", {"eadtest_evil": good_plugin("eadtest_evil", "fixed", "Evil")}, {"evil": "eadtest_evil"})
+    make_distribution(
+        site, "evil", {"eadtest_evil": good_plugin("eadtest_evil", "fixed", "Evil")}, {"evil": "eadtest_evil"}
+    )
     with pytest.warns(PluginWarning, match="both 'ead-sdk'"):
         reg = PolicyRegistry()
     assert reg.policies["fixed"].distribution == "ead-sdk"
@@ -182,7 +186,12 @@ def test_register_refuses_what_is_not_a_policy(site):
 
 def test_allow_list_and_disable_switch(site, monkeypatch):
     make_distribution(site, "shiny-policies", {"eadtest_good": good_plugin()}, {"shiny": "eadtest_good"})
-    make_distribution(site, "other-policies", {"eadtest_other": good_plugin("eadtest_other", "other", "Other")}, {"other": "eadtest_other"})
+    make_distribution(
+        site,
+        "other-policies",
+        {"eadtest_other": good_plugin("eadtest_other", "other", "Other")},
+        {"other": "eadtest_other"},
+    )
     monkeypatch.setenv("EAD_SDK_PLUGINS", "shiny-policies")
     reg = PolicyRegistry()
     assert "shiny" in reg.policies and "other" not in reg.policies
@@ -213,7 +222,9 @@ def test_in_process_plugin_registration_and_removal():
 
 
 def test_ead_policies_command_lists_distributions():
-    out = subprocess.run([sys.executable, "-m", "ead_sdk.cli", "policies", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ead_sdk.cli", "policies", "--json"], capture_output=True, text=True, check=True
+    )
     assert '"distribution": "ead-sdk"' in out.stdout and '"rolling_entropy"' in out.stdout
 
 

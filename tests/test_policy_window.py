@@ -76,7 +76,10 @@ def test_dwell_and_smoothing_state_decide_on_torch_without_host_sync(spec):
         step = ead_sdk.Step(entropy=entropy, model=routes["np"], index=np.full(n, t), live=live)
         routes["np"], states["np"] = policy.decide(states["np"], step)
         tstep = dataclasses.replace(
-            step, entropy=torch.tensor(entropy), model=routes["torch"], index=torch.full((n,), t),
+            step,
+            entropy=torch.tensor(entropy),
+            model=routes["torch"],
+            index=torch.full((n,), t),
             live=torch.tensor(live),
         )
         with forbid_host_sync():

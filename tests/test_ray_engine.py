@@ -72,8 +72,15 @@ def test_ray_sweep_equals_the_local_sweep_exactly(ray_local, tmp_path_factory, s
     ds = dataset(traces, tmp_path_factory.mktemp("ray") / "ds")
     local = sweep(traces, "rolling_entropy", GRID, escalation=escalation)
     seen = []
-    on_ray = sweep(ds, "rolling_entropy", GRID, escalation=escalation, engine="ray", batch_rows=batch_rows,
-                   progress=lambda done, total: seen.append((done, total)))
+    on_ray = sweep(
+        ds,
+        "rolling_entropy",
+        GRID,
+        escalation=escalation,
+        engine="ray",
+        batch_rows=batch_rows,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert same_tables(local.table, on_ray.table)
     assert same_tables(local.frontier, on_ray.frontier)
     assert seen[-1] == (17, 17)
@@ -110,10 +117,23 @@ def test_ray_calibrate_equals_the_local_calibrate(ray_local):
     traces = synthetic_traces(20, (5, 40), seed=2)
     policy = load_policy({"policy": "rolling_entropy", "params": {"window": 3, "unit": "nats"}})
     local = calibrate(traces, policy, "threshold", target_large_share=0.3, points=6, rounds=2, bounds=(0.0, 3.0))
-    on_ray = calibrate(traces, policy, "threshold", target_large_share=0.3, points=6, rounds=2, bounds=(0.0, 3.0),
-                       engine="ray", batch_rows=6)
+    on_ray = calibrate(
+        traces,
+        policy,
+        "threshold",
+        target_large_share=0.3,
+        points=6,
+        rounds=2,
+        bounds=(0.0, 3.0),
+        engine="ray",
+        batch_rows=6,
+    )
     assert (on_ray.value, on_ray.calibration, on_ray.held_out, on_ray.evaluations, on_ray.sequences) == (
-        local.value, local.calibration, local.held_out, local.evaluations, local.sequences
+        local.value,
+        local.calibration,
+        local.held_out,
+        local.evaluations,
+        local.sequences,
     )
 
 

@@ -18,7 +18,7 @@ def _setup_commands() -> list[str]:
 def test_readme_starts_with_two_commands_the_first_runs_the_demo():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     first_block = text.index("```bash")
-    assert "```" not in text[: first_block], "the set-up commands must be the README's first code block"
+    assert "```" not in text[:first_block], "the set-up commands must be the README's first code block"
     commands = _setup_commands()
     assert len(commands) == 2, commands
     assert commands[0].endswith("ead demo")

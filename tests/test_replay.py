@@ -117,7 +117,12 @@ def test_metrics_match_a_slow_reference(seed, escalation):
     log-likelihood sums the trajectory's log-probability under the emitter; quality weights the
     single-model labels by each model's share of emitted tokens."""
     traces = synthetic_traces(5, (1, 30), k=2, seed=seed)
-    result = replay(traces, load_policy({"policy": "rolling_entropy", "params": {"threshold": 0.8, "unit": "nats"}, "escalation": escalation}))
+    result = replay(
+        traces,
+        load_policy(
+            {"policy": "rolling_entropy", "params": {"threshold": 0.8, "unit": "nats"}, "escalation": escalation}
+        ),
+    )
     for lane, s in enumerate(traces.sequences()):
         em = result.routes(lane)
         agree = sum(int(s.top_ids[t, em[t], 0] == s.top_ids[t, -1, 0]) for t in range(s.length))

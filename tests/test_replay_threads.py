@@ -49,14 +49,21 @@ def lane_policy(name: str, lanes: int, rng: np.random.Generator, escalation: str
     """A policy with per-lane parameters (or a baseline) for ``lanes`` lanes."""
     if name == "rolling_entropy":
         return RollingEntropyPolicy(
-            window=rng.integers(1, 7, lanes), threshold=rng.uniform(0.1, 2.5, lanes),
-            min_dwell=rng.integers(0, 3, lanes), unit="nats", escalation=escalation,
+            window=rng.integers(1, 7, lanes),
+            threshold=rng.uniform(0.1, 2.5, lanes),
+            min_dwell=rng.integers(0, 3, lanes),
+            unit="nats",
+            escalation=escalation,
         )
     if name == "hysteresis":
         upper = rng.uniform(0.3, 2.5, lanes)
         return HysteresisPolicy(
-            upper=upper, lower=upper * rng.uniform(0.1, 0.9, lanes), window=int(rng.integers(1, 5)),
-            ema=rng.uniform(0.0, 0.8, lanes) * (rng.random() < 0.5), unit="nats", escalation=escalation,
+            upper=upper,
+            lower=upper * rng.uniform(0.1, 0.9, lanes),
+            window=int(rng.integers(1, 5)),
+            ema=rng.uniform(0.0, 0.8, lanes) * (rng.random() < 0.5),
+            unit="nats",
+            escalation=escalation,
         )
     return load_policy({"policy": name, "escalation": escalation})
 

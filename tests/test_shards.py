@@ -31,8 +31,10 @@ def test_any_split_over_workers_compacts_to_the_same_sequences(tmp_path_factory,
     metadata."""
     traces = synthetic_traces(len(assignment), (0, 12), seed=len(assignment))
     root = tmp_path_factory.mktemp("rec")
-    writers = {w: ShardedTraceWriter(root / "shards", traces.meta, shard=f"w{w}", batch_rows=batch_rows)
-               for w in sorted(set(assignment))}
+    writers = {
+        w: ShardedTraceWriter(root / "shards", traces.meta, shard=f"w{w}", batch_rows=batch_rows)
+        for w in sorted(set(assignment))
+    }
     for seq, w in zip(traces.sequences(), assignment, strict=True):
         writers[w].write(seq)
     for writer in writers.values():

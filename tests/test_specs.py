@@ -18,9 +18,9 @@ rolling_params = st.fixed_dictionaries(
         "window": st.integers(1, 64),
         "threshold": st.one_of(
             st.floats(0, 10, allow_nan=False),
-            st.lists(st.floats(0, 10), min_size=1, max_size=3, unique=True).map(sorted).filter(
-                lambda xs: all(b > a for a, b in zip(xs, xs[1:], strict=False))
-            ),
+            st.lists(st.floats(0, 10), min_size=1, max_size=3, unique=True)
+            .map(sorted)
+            .filter(lambda xs: all(b > a for a, b in zip(xs, xs[1:], strict=False))),
         ),
         "min_dwell": st.integers(0, 10),
         "unit": st.sampled_from(["bits", "nats"]),
@@ -31,7 +31,9 @@ rolling_params = st.fixed_dictionaries(
 @given(rolling_params, st.sampled_from(["next", "retry"]), st.integers(0, 1))
 def test_spec_round_trips_through_json(params, escalation, initial):
     """load_policy(json(policy.spec())).spec() == policy.spec()."""
-    policy = load_policy({"policy": "rolling_entropy", "params": params, "escalation": escalation, "initial_model": initial})
+    policy = load_policy(
+        {"policy": "rolling_entropy", "params": params, "escalation": escalation, "initial_model": initial}
+    )
     spec = policy.spec()
     again = load_policy(json.loads(json.dumps(spec)))
     assert again.spec() == spec
@@ -61,16 +63,36 @@ def test_spec_from_file_string_and_name(tmp_path):
 @pytest.mark.parametrize(
     "spec, error, message",
     [
-        ({"policy": "no_such_policy"}, UnknownPolicyError, "unknown policy 'no_such_policy'; installed policies: .*rolling_entropy"),
-        ({"policy": "rolling_entropy", "params": {"windw": 3}}, ParameterError, r"'rolling_entropy': unknown parameter\(s\) \['windw'\]"),
+        (
+            {"policy": "no_such_policy"},
+            UnknownPolicyError,
+            "unknown policy 'no_such_policy'; installed policies: .*rolling_entropy",
+        ),
+        (
+            {"policy": "rolling_entropy", "params": {"windw": 3}},
+            ParameterError,
+            r"'rolling_entropy': unknown parameter\(s\) \['windw'\]",
+        ),
         ({"policy": "rolling_entropy", "params": {"window": 0}}, ParameterError, "'window' must be >= 1, got 0"),
         ({"policy": "rolling_entropy", "params": {"window": 2.5}}, ParameterError, "'window' must be an integer"),
-        ({"policy": "rolling_entropy", "params": {"threshold": "high"}}, ParameterError, "'threshold' must be a number"),
+        (
+            {"policy": "rolling_entropy", "params": {"threshold": "high"}},
+            ParameterError,
+            "'threshold' must be a number",
+        ),
         ({"policy": "rolling_entropy", "params": {"threshold": [2.0, 1.0]}}, ParameterError, "strictly increasing"),
         ({"policy": "rolling_entropy", "params": {"threshold": float("nan")}}, ParameterError, "finite"),
         ({"policy": "rolling_entropy", "params": {"unit": "hartley"}}, ParameterError, "must be one of"),
-        ({"policy": "rolling_entropy", "params": {"unit": {"per_lane": ["bits"]}}}, ParameterError, "cannot be given per lane"),
-        ({"policy": "rolling_entropy", "version": 99}, SpecVersionError, "version 99 is newer than the installed plugin"),
+        (
+            {"policy": "rolling_entropy", "params": {"unit": {"per_lane": ["bits"]}}},
+            ParameterError,
+            "cannot be given per lane",
+        ),
+        (
+            {"policy": "rolling_entropy", "version": 99},
+            SpecVersionError,
+            "version 99 is newer than the installed plugin",
+        ),
         ({"policy": "rolling_entropy", "version": 0}, SpecVersionError, "integer >= 1"),
         ({"policy": "rolling_entropy", "escalation": "later"}, ParameterError, "escalation must be one of"),
         ({"policy": "rolling_entropy", "initial_model": -1}, ParameterError, "initial_model"),
@@ -133,9 +155,16 @@ def test_model_count_is_checked():
 
 
 def test_ladder_routes_count_exceeded_thresholds():
-    policy = load_policy({"policy": "rolling_entropy", "params": {"window": 1, "threshold": [1.0, 2.0], "unit": "nats"}})
+    policy = load_policy(
+        {"policy": "rolling_entropy", "params": {"window": 1, "threshold": [1.0, 2.0], "unit": "nats"}}
+    )
     state = policy.init_state(3, np)
-    step = ead_sdk.Step(entropy=np.array([0.5, 1.5, 2.5]), model=np.zeros(3, np.int64), index=np.zeros(3, np.int64), live=np.ones(3, bool))
+    step = ead_sdk.Step(
+        entropy=np.array([0.5, 1.5, 2.5]),
+        model=np.zeros(3, np.int64),
+        index=np.zeros(3, np.int64),
+        live=np.ones(3, bool),
+    )
     routes, _ = policy.decide(state, step)
     assert routes.tolist() == [0, 1, 2]
 

@@ -24,11 +24,16 @@ def test_sweep_row_equals_a_replay_of_that_configuration(seed, thresholds, windo
     """Property: each row of a sweep (all configurations as lanes of one run) equals the summary
     of replaying that configuration alone: lanes never influence each other."""
     traces = synthetic_traces(6, (0, 30), seed=seed)
-    result = sweep(traces, "rolling_entropy", {"threshold": thresholds, "window": windows, "unit": ["nats"]}, escalation=escalation)
+    result = sweep(
+        traces, "rolling_entropy", {"threshold": thresholds, "window": windows, "unit": ["nats"]}, escalation=escalation
+    )
     rows = result.table.to_pylist()
     assert len(rows) == len(thresholds) * len(windows)
     for row, config in zip(rows, expand_grid({"threshold": thresholds, "window": windows}), strict=True):
-        alone = replay(traces, load_policy({"policy": "rolling_entropy", "params": {**config, "unit": "nats"}, "escalation": escalation}))
+        alone = replay(
+            traces,
+            load_policy({"policy": "rolling_entropy", "params": {**config, "unit": "nats"}, "escalation": escalation}),
+        )
         want = alone.summary()
         for key in ("large_share", "cost_ratio", "switches", "tokens", "wasted"):
             assert row[key] == pytest.approx(want[key]), key
@@ -83,7 +88,9 @@ def test_routellm_summary_properties(points, q_small, q_large):
 
 def test_sweep_routellm_and_frontier_on_labelled_traces():
     traces = synthetic_traces(60, 40, seed=4)
-    result = sweep(traces, "rolling_entropy", {"threshold": list(np.linspace(0.2, 3, 8)), "unit": ["nats"]}, quality="quality")
+    result = sweep(
+        traces, "rolling_entropy", {"threshold": list(np.linspace(0.2, 3, 8)), "unit": ["nats"]}, quality="quality"
+    )
     summary = result.routellm()
     assert set(summary) == {"apgr", "share_for_50pct_gap", "share_for_80pct_gap"}
     assert result.frontier.num_rows >= 1

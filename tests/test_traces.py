@@ -30,7 +30,15 @@ from ead_sdk.traces import (
 
 
 def make_meta(m: int = 2, k: int = 3, vocab: int = 50) -> TraceMeta:
-    return TraceMeta(1, tuple(f"m{i}" for i in range(m)), tuple(10**i for i in range(1, m + 1)), vocab, "fp", k, {"max_new_tokens": 8})
+    return TraceMeta(
+        1,
+        tuple(f"m{i}" for i in range(m)),
+        tuple(10**i for i in range(1, m + 1)),
+        vocab,
+        "fp",
+        k,
+        {"max_new_tokens": 8},
+    )
 
 
 def make_sequence(rng: np.random.Generator, meta: TraceMeta, length: int, sid: int | None = None) -> SequenceTrace:
@@ -42,7 +50,12 @@ def make_sequence(rng: np.random.Generator, meta: TraceMeta, length: int, sid: i
         top_lp = -np.sort(rng.exponential(size=(length, m, k)), axis=-1)
     fields: dict = {}
     if sid is not None:
-        fields = {"sequence_id": sid, "prompt_id": f"p{sid}", "correct": tuple(bool(b) for b in rng.integers(0, 2, m)), "note": {"a": [1, 2]}}
+        fields = {
+            "sequence_id": sid,
+            "prompt_id": f"p{sid}",
+            "correct": tuple(bool(b) for b in rng.integers(0, 2, m)),
+            "note": {"a": [1, 2]},
+        }
     return SequenceTrace.build(
         prompt_ids=rng.integers(0, v, int(rng.integers(0, 4))),
         token_ids=rng.integers(0, v, length),
@@ -275,7 +288,10 @@ def test_truncated_stream_reports_what_is_recoverable(tmp_path):
     data = path.read_bytes()
     cut = tmp_path / "cut.arrows"
     cut.write_bytes(data[: len(data) - 200])  # inside the third batch
-    with pytest.raises(TraceError, match=r"cut.arrows: truncated inside batch 2; 2 complete batch\(es\) \(4 sequences\) are recoverable"):
+    with pytest.raises(
+        TraceError,
+        match=r"cut.arrows: truncated inside batch 2; 2 complete batch\(es\) \(4 sequences\) are recoverable",
+    ):
         read_traces(cut)
     with pytest.warns(TraceWarning, match="4 sequences"):
         got = read_traces(cut, recover=True)

@@ -62,8 +62,13 @@ def read_prompts(path: Path) -> list[str]:
 
 def _bar(disable: bool) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False, disable=disable,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=disable,
     )
 
 
@@ -128,12 +133,22 @@ def generate(
 
     pol = load_policy(policy)
     backend = _backend(models, threads)
-    res = run_generate(backend, pol, [prompt], max_new_tokens=max_new_tokens,
-                       stop=[s.replace("\\n", "\n") for s in stop], logprobs=8)
+    res = run_generate(
+        backend, pol, [prompt], max_new_tokens=max_new_tokens, stop=[s.replace("\\n", "\n") for s in stop], logprobs=8
+    )
     lane = res[0]
     if as_json:
-        echo_json({"prompt": prompt, "text": lane.text, "tokens": list(lane.tokens), "models": list(lane.models),
-                   "finish_reason": lane.finish_reason, "policy": pol.spec(), "report": lane.report.as_dict()})
+        echo_json(
+            {
+                "prompt": prompt,
+                "text": lane.text,
+                "tokens": list(lane.tokens),
+                "models": list(lane.models),
+                "finish_reason": lane.finish_reason,
+                "policy": pol.spec(),
+                "report": lane.report.as_dict(),
+            }
+        )
         return
     out = Text(prompt, style="dim")
     start = 0
@@ -176,16 +191,24 @@ def rows_tables(title: str, rows: list[dict[str, Any]]) -> tuple[Table, Table]:
     for col in ("large", "cost", "exact", "soft", "sim"):
         cost.add_column(col, justify="right")
     for label, r in ordered:
-        cost.add_row(label, r["setting"], fmt(r["large_share"]), fmt(r["cost_ratio"]),
-                     *(fmt(r["quality"][m]) for m in metrics))
-    rel = Table(title="%L: quality as % of large-only's; gap: % of the small-to-large gap recovered",
-                box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        cost.add_row(
+            label, r["setting"], fmt(r["large_share"]), fmt(r["cost_ratio"]), *(fmt(r["quality"][m]) for m in metrics)
+        )
+    rel = Table(
+        title="%L: quality as % of large-only's; gap: % of the small-to-large gap recovered",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+    )
     rel.add_column("policy", no_wrap=True)
     for head in ("%L ex", "%L soft", "%L sim", "gap ex", "gap soft", "gap sim"):
         rel.add_column(head, justify="right")
     for label, r in ordered:
-        rel.add_row(label, *(fmt(100 * r["share_of_large"][m], 0) for m in metrics),
-                    *(fmt(100 * r["gap_recovered"][m], 0) for m in metrics))
+        rel.add_row(
+            label,
+            *(fmt(100 * r["share_of_large"][m], 0) for m in metrics),
+            *(fmt(100 * r["gap_recovered"][m], 0) for m in metrics),
+        )
     return cost, rel
 
 
@@ -208,8 +231,10 @@ def eval_(
 
     if prompts < 1:
         raise UserError("--prompts must be at least 1")
-    specs = [("small only", {"policy": "fixed", "params": {"model": 0}}),
-             ("large only", {"policy": "fixed", "params": {"model": 1}})]
+    specs = [
+        ("small only", {"policy": "fixed", "params": {"model": 0}}),
+        ("large only", {"policy": "fixed", "params": {"model": 1}}),
+    ]
     specs += [(load_policy(p).name, load_policy(p).spec()) for p in policy]
     backend = _backend(models, threads)
     items = task.load_eval_prompts(prompts)
@@ -217,15 +242,31 @@ def eval_(
     with _bar(as_json) as bar:
         for label, spec in specs:
             job = bar.add_task(label, total=len(items))
-            score = evaluate_live(backend, load_policy(spec), items, batch=batch, max_new_tokens=max_new_tokens,
-                                  progress=lambda k, job=job: bar.advance(job, k))
+            score = evaluate_live(
+                backend,
+                load_policy(spec),
+                items,
+                batch=batch,
+                max_new_tokens=max_new_tokens,
+                progress=lambda k, job=job: bar.advance(job, k),
+            )
             rep = score.report
             params = load_policy(spec).spec().get("params", {})
-            rows.append(DemoRow(label=label, escalation=spec.get("escalation", "next"),
-                                setting=", ".join(f"{k}={v}" for k, v in params.items()), quality=score.quality,
-                                large_share=rep.large_share, cost_ratio=rep.cost_ratio,
-                                switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
-                                target=None, traces_large_share=None, seconds=0.0, spec=spec))
+            rows.append(
+                DemoRow(
+                    label=label,
+                    escalation=spec.get("escalation", "next"),
+                    setting=", ".join(f"{k}={v}" for k, v in params.items()),
+                    quality=score.quality,
+                    large_share=rep.large_share,
+                    cost_ratio=rep.cost_ratio,
+                    switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
+                    target=None,
+                    traces_large_share=None,
+                    seconds=0.0,
+                    spec=spec,
+                )
+            )
     relative_measures(rows)
     data = [r.__dict__ for r in rows]
     if as_json:
@@ -271,9 +312,16 @@ def demo(
                 bar.update(cal, total=1, completed=1)
             state["job"] = bar.add_task(label, total=n)
 
-        figures = run_demo(prompts, target=target, batch=batch, max_new_tokens=max_new_tokens, frontier=shares,
-                           threads=threads,
-                           on_start=on_start, on_progress=lambda k: bar.advance(state["job"], k))
+        figures = run_demo(
+            prompts,
+            target=target,
+            batch=batch,
+            max_new_tokens=max_new_tokens,
+            frontier=shares,
+            threads=threads,
+            on_start=on_start,
+            on_progress=lambda k: bar.advance(state["job"], k),
+        )
     out.mkdir(parents=True, exist_ok=True)
     png = plot_frontier(figures, out / "frontier.png")
     figures["plot"] = str(png)
@@ -281,8 +329,10 @@ def demo(
     if as_json:
         echo_json(figures)
         return
-    title = (f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the "
-             f"traces to large share {target:g} (EAD rule also at {', '.join(f'{t:g}' for t in figures['frontier'])})")
+    title = (
+        f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the "
+        f"traces to large share {target:g} (EAD rule also at {', '.join(f'{t:g}' for t in figures['frontier'])})"
+    )
     for table in rows_tables(title, figures["rows"]):
         console.print(table)
         console.print()

@@ -15,8 +15,18 @@ from ead_sdk.cli._app import UserError, app, console, default_traces, echo_json,
 
 TRACES_HELP = "a trace file or Parquet dataset (default: the embedded demo traces)"
 SUMMARY_KEYS = (
-    "sequences", "tokens", "large_share", "cost_ratio", "switches_per_1k_tokens", "wasted",
-    "agreement", "loglik_per_token", "quality", "quality_small", "quality_large", "apgr",
+    "sequences",
+    "tokens",
+    "large_share",
+    "cost_ratio",
+    "switches_per_1k_tokens",
+    "wasted",
+    "agreement",
+    "loglik_per_token",
+    "quality",
+    "quality_small",
+    "quality_large",
+    "apgr",
 )
 
 
@@ -102,14 +112,19 @@ def sweep(
     policy: str = typer.Option(..., "--policy", "-p", help="the policy name"),
     grid: list[str] = typer.Option(..., "--grid", "-g", help="NAME=START:STOP:COUNT or NAME=V1,V2 (repeatable)"),
     escalation: str = typer.Option("next", help="escalation mode of every configuration: next or retry"),
-    quality: str = typer.Option(None, help="frontier quality: agreement, loglik_per_token or quality "
-                                "(default: quality when the trace has labels, else agreement)"),
+    quality: str = typer.Option(
+        None,
+        help="frontier quality: agreement, loglik_per_token or quality "
+        "(default: quality when the trace has labels, else agreement)",
+    ),
     plot: Path = typer.Option(None, "--plot", help="write the quality/cost frontier as a PNG here"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data over a Parquet "
-                               "dataset; needs the ray extra)"),
-    address: str = typer.Option(None, "--address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, "
-                                "else a local instance)"),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (this process) or ray (Ray Data over a Parquet dataset; needs the ray extra)"
+    ),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, else a local instance)"
+    ),
     batch_rows: int = typer.Option(1024, "--batch-rows", help="sequences per Ray task (--engine ray)"),
 ) -> None:
     """Replay every configuration of a parameter grid in one batched run: table and Pareto frontier."""
@@ -127,7 +142,13 @@ def sweep(
         with Progress(transient=True, console=console, disable=as_json) as bar:
             task = bar.add_task("sweep on Ray (sequences)", total=None)
             result = run_sweep(
-                path, policy, params, escalation=escalation, quality=quality, engine="ray", address=address,
+                path,
+                policy,
+                params,
+                escalation=escalation,
+                quality=quality,
+                engine="ray",
+                address=address,
                 batch_rows=batch_rows,
                 progress=lambda done, total: bar.update(task, completed=done, total=total if total >= 0 else None),
             )
@@ -140,16 +161,29 @@ def sweep(
     if plot is not None:
         plot_sweep(rows, quality, plot, f"{policy} on {path.name}")
     if as_json:
-        echo_json({"traces": str(path), "policy": policy, "escalation": escalation, "quality": quality,
-                   "rows": rows, "plot": str(plot) if plot else None})
+        echo_json(
+            {
+                "traces": str(path),
+                "policy": policy,
+                "escalation": escalation,
+                "quality": quality,
+                "rows": rows,
+                "plot": str(plot) if plot else None,
+            }
+        )
         return
     pcols = [c for c in result.table.column_names if c.startswith("param.")]
     table = Table(title=f"sweep of {policy} ({escalation}) on {path.name}: {len(rows)} configurations")
     for col in [*(c[6:] for c in pcols), "large_share", "cost_ratio", quality, "frontier"]:
         table.add_column(col, justify="right")
     for r in sorted(rows, key=lambda r: r["cost_ratio"]):
-        table.add_row(*(fmt(r[c]) for c in pcols), fmt(r["large_share"]), fmt(r["cost_ratio"]),
-                      fmt(r.get(quality), 4), "*" if r["frontier"] else "")
+        table.add_row(
+            *(fmt(r[c]) for c in pcols),
+            fmt(r["large_share"]),
+            fmt(r["cost_ratio"]),
+            fmt(r.get(quality), 4),
+            "*" if r["frontier"] else "",
+        )
     console.print(table)
     if plot is not None:
         console.print(f"frontier plot: {plot}")
@@ -216,16 +250,27 @@ def calibrate(
     with Progress(transient=True, console=console, disable=as_json) as bar:
         bar.add_task("calibrating", total=None)
         res = run_calibrate(
-            read_traces(path), pol, param, target_large_share=target_large_share,
-            target_cost_ratio=target_cost_ratio, held_out=held_out,
+            read_traces(path),
+            pol,
+            param,
+            target_large_share=target_large_share,
+            target_cost_ratio=target_cost_ratio,
+            held_out=held_out,
             bounds=None if low is None else (low, high),
         )
     if out is not None:
         save_policy(res.policy, out)
     figures = {
-        "parameter": res.parameter, "value": res.value, "metric": res.metric, "target": res.target,
-        "calibration": res.calibration, "held_out": res.held_out, "sequences": list(res.sequences),
-        "evaluations": res.evaluations, "spec": res.policy.spec(), "out": str(out) if out else None,
+        "parameter": res.parameter,
+        "value": res.value,
+        "metric": res.metric,
+        "target": res.target,
+        "calibration": res.calibration,
+        "held_out": res.held_out,
+        "sequences": list(res.sequences),
+        "evaluations": res.evaluations,
+        "spec": res.policy.spec(),
+        "out": str(out) if out else None,
     }
     if as_json:
         echo_json(figures)

@@ -24,8 +24,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["demo_dir", "weights_dir", "small_model_dir", "large_model_dir", "tokenizer_dir",
-           "results_path", "model_dirs"]
+__all__ = [
+    "demo_dir",
+    "weights_dir",
+    "small_model_dir",
+    "large_model_dir",
+    "tokenizer_dir",
+    "results_path",
+    "model_dirs",
+]
 
 
 def demo_dir() -> Path:

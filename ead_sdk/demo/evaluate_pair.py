@@ -211,9 +211,7 @@ class _Stepper:
         self.logits = out.logits[0, -1].float()
 
     def push(self, token: int) -> None:
-        out = self.model(
-            input_ids=self.torch.tensor([[token]]), use_cache=True, **{self.kw: self.cache}
-        )
+        out = self.model(input_ids=self.torch.tensor([[token]]), use_cache=True, **{self.kw: self.cache})
         self.cache = _cache_of(out)
         self.logits = out.logits[0, -1].float()
 
@@ -286,8 +284,9 @@ def _paired(a: np.ndarray, b: np.ndarray) -> dict:
     }
 
 
-def evaluate(weights=None, n_prompts: int = 200, ctx: int = 320, stride: int = 160,
-             live_routing: bool = True, log=print) -> dict:
+def evaluate(
+    weights=None, n_prompts: int = 200, ctx: int = 320, stride: int = 160, live_routing: bool = True, log=print
+) -> dict:
     """Measure the pair (teacher-forced, greedy completion, live routing); the figures of ``results.json``."""
     import torch
 
@@ -334,8 +333,7 @@ def evaluate(weights=None, n_prompts: int = 200, ctx: int = 320, stride: int = 1
                 per[cut][f"{name}_{m}"] = [round(float(x), 4) for x in scores[m]]
             log(f"  {name}-only: {gen[name]}")
         gen["large_minus_small"] = {
-            m: _paired(np.array(per[cut][f"small_{m}"]), np.array(per[cut][f"large_{m}"]))
-            for m in task.METRICS
+            m: _paired(np.array(per[cut][f"small_{m}"]), np.array(per[cut][f"large_{m}"])) for m in task.METRICS
         }
         res["greedy_completion"][cut] = gen
 
@@ -345,8 +343,8 @@ def evaluate(weights=None, n_prompts: int = 200, ctx: int = 320, stride: int = 1
         live: dict = {
             "cut": "half",
             "note": "greedy; at each position the large model's argmax is emitted when the small "
-                    "model's entropy there exceeds the threshold (the teacher-forced X% quantile); "
-                    "both models are run at every step; an illustration, not an SDK policy",
+            "model's entropy there exceeds the threshold (the teacher-forced X% quantile); "
+            "both models are run at every step; an illustration, not an SDK policy",
         }
         for key, r in res["teacher_forced"]["route_top_entropy_to_large"].items():
             thr = r["entropy_threshold_bits"] * LN2
@@ -385,8 +383,7 @@ def main(argv=None) -> int:
     """Command-line entry: evaluate the pair and write ``results.json``."""
     from . import results_path, weights_dir
 
-    ap = argparse.ArgumentParser(prog="python -m ead_sdk.demo.evaluate_pair",
-                                 description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ead_sdk.demo.evaluate_pair", description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=str(weights_dir()))
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--out", default=None, help="results file (default: WEIGHTS/results.json)")

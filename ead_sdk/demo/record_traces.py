@@ -50,8 +50,14 @@ def record(out: str | Path, n: int = SEQUENCES, *, max_new_tokens: int = 48, bat
     backend = load_backend()
     prompts = trace_prompts(n)
     singles = [
-        evaluate_live(backend, load_policy({"policy": "fixed", "params": {"model": m}}), prompts,
-                      batch=batch, max_new_tokens=max_new_tokens, logprobs=None)
+        evaluate_live(
+            backend,
+            load_policy({"policy": "fixed", "params": {"model": m}}),
+            prompts,
+            batch=batch,
+            max_new_tokens=max_new_tokens,
+            logprobs=None,
+        )
         for m in range(backend.num_models)
     ]
     policy = load_policy(TRAJECTORY_SPEC)
@@ -60,8 +66,15 @@ def record(out: str | Path, n: int = SEQUENCES, *, max_new_tokens: int = 48, bat
         for start in range(0, n, batch):
             chunk = prompts[start : start + batch]
             path = Path(tmp) / f"part{start}.arrows"
-            generate(backend, policy, [task.encode(p.prompt) for p in chunk], max_new_tokens=max_new_tokens,
-                     stop=["\n"], record=str(path), record_k=K)
+            generate(
+                backend,
+                policy,
+                [task.encode(p.prompt) for p in chunk],
+                max_new_tokens=max_new_tokens,
+                stop=["\n"],
+                record=str(path),
+                record_k=K,
+            )
             ts = read_traces(path)
             seqs = []
             for seq in ts:

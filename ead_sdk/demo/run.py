@@ -185,8 +185,9 @@ def run_demo(
             at = f" at {cal.target:g}" if cal in extra else ""
             on_start(f"{cal.label} ({cal.spec.get('escalation', 'next')}){at}", len(prompts))
         start = time.perf_counter()
-        score = evaluate_live(backend, load_policy(cal.spec), prompts, batch=batch,
-                              max_new_tokens=max_new_tokens, progress=on_progress)
+        score = evaluate_live(
+            backend, load_policy(cal.spec), prompts, batch=batch, max_new_tokens=max_new_tokens, progress=on_progress
+        )
         rep = score.report
         rows.append(
             DemoRow(
@@ -221,8 +222,12 @@ def run_demo(
         "trace_sequences": len(trace_set),
         "models": list(backend.model_names),
         "param_counts": list(backend.param_counts),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": used_threads,
-                    "device": str(backend.device)},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": used_threads,
+            "device": str(backend.device),
+        },
         "seconds": {"calibration": t_cal, "total": time.perf_counter() - t0},
         "rows": [r.__dict__ for r in rows],
     }
@@ -230,8 +235,9 @@ def run_demo(
 
 def best_row(figures: dict[str, Any], metric: str = "soft", max_share: float = 0.4) -> dict[str, Any] | None:
     """The routed row with the most gap recovered on ``metric`` among those with large share <= ``max_share``."""
-    rows = [r for r in figures["rows"] if r["label"] not in ("small only", "large only")
-            and r["large_share"] <= max_share]
+    rows = [
+        r for r in figures["rows"] if r["label"] not in ("small only", "large only") and r["large_share"] <= max_share
+    ]
     return max(rows, key=lambda r: r["gap_recovered"][metric], default=None)
 
 
@@ -251,17 +257,26 @@ def plot_frontier(figures: dict[str, Any], path: str | Path) -> Path:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="random mixing")
         curve = sorted((r for r in rows if r.get("frontier")), key=lambda r: r["large_share"])
         if curve:
-            ax.plot([r["large_share"] for r in curve], [r["gap_recovered"][metric] for r in curve], color="tab:blue",
-                    lw=1.2, label="EAD rule (retry) at several targets")
+            ax.plot(
+                [r["large_share"] for r in curve],
+                [r["gap_recovered"][metric] for r in curve],
+                color="tab:blue",
+                lw=1.2,
+                label="EAD rule (retry) at several targets",
+            )
         for r in rows:
             if r.get("curve_only"):
                 ax.scatter(r["large_share"], r["gap_recovered"][metric], marker="^", s=20, color="tab:blue", zorder=3)
                 continue
             marker = "s" if r["label"] in ("small only", "large only") else ("^" if r["escalation"] == "retry" else "o")
             ax.scatter(r["large_share"], r["gap_recovered"][metric], marker=marker, s=50, zorder=3)
-            ax.annotate(f"{r['label']}" + (" (retry)" if r["escalation"] == "retry" else ""),
-                        (r["large_share"], r["gap_recovered"][metric]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
+            ax.annotate(
+                f"{r['label']}" + (" (retry)" if r["escalation"] == "retry" else ""),
+                (r["large_share"], r["gap_recovered"][metric]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+            )
         ax.set_xlim(-0.03, 1.05)
         ax.set_ylim(min(-0.2, min(r["gap_recovered"][metric] for r in rows) - 0.05), 1.25)
         ax.set_xlabel("large model's share of emitted tokens")

@@ -213,9 +213,7 @@ def corpus_files(root: str | None = None) -> tuple[str, ...]:
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir
         # prune skipped directories (and config-3.x-... build directories)
-        dirnames[:] = [
-            d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("config-")
-        ]
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("config-")]
         for fn in filenames:
             if not fn.endswith(".py"):
                 continue
@@ -346,8 +344,12 @@ def _cut(item: EvalPrompt, cut: str) -> EvalPrompt:
     indent = len(line) - len(line.lstrip())
     k = indent + (len(line) - indent) // 2
     return EvalPrompt(
-        id=item.id, file=item.file, line_no=item.line_no,
-        prompt=item.prompt + line[:k], target=line[k:], prefix=line[:k],
+        id=item.id,
+        file=item.file,
+        line_no=item.line_no,
+        prompt=item.prompt + line[:k],
+        target=line[k:],
+        prefix=line[:k],
     )
 
 
@@ -416,9 +418,7 @@ def similarity(item: EvalPrompt | dict, generated: str | bytes) -> float:
     return difflib.SequenceMatcher(None, g, t, autojunk=False).ratio()
 
 
-def score_completion(
-    item: EvalPrompt | dict, generated: str | bytes, metric: str = "soft"
-) -> float:
+def score_completion(item: EvalPrompt | dict, generated: str | bytes, metric: str = "soft") -> float:
     """Score in [0, 1] of one completion (the text generated after ``item.prompt``).
 
     ``metric`` is ``"soft"`` (default), ``"exact"`` or ``"similarity"``.

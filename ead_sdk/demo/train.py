@@ -65,12 +65,24 @@ class ModelRecipe:
 
 
 SMALL = ModelRecipe(
-    name="small", hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-    intermediate_size=256, steps=4500, lr=4e-3, warmup=200,
+    name="small",
+    hidden_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=256,
+    steps=4500,
+    lr=4e-3,
+    warmup=200,
 )
 LARGE = ModelRecipe(
-    name="large", hidden_size=192, num_hidden_layers=4, num_attention_heads=6,
-    intermediate_size=768, steps=2700, lr=2e-3, warmup=200,
+    name="large",
+    hidden_size=192,
+    num_hidden_layers=4,
+    num_attention_heads=6,
+    intermediate_size=768,
+    steps=2700,
+    lr=2e-3,
+    warmup=200,
 )
 
 MAX_POSITION_EMBEDDINGS = 512
@@ -144,11 +156,15 @@ def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int =
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=r.lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=r.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
-    print(f"[{r.name}] layers {r.num_hidden_layers} x {r.hidden_size} wide, "
-          f"{n_params:,} parameters, {r.steps} steps of {r.batch_size} x {r.seq_len} bytes",
-          flush=True)
+    print(
+        f"[{r.name}] layers {r.num_hidden_layers} x {r.hidden_size} wide, "
+        f"{n_params:,} parameters, {r.steps} steps of {r.batch_size} x {r.seq_len} bytes",
+        flush=True,
+    )
     batches = task.iter_training_batches(r.batch_size, r.seq_len, seed=r.seed, steps=r.steps)
     t0 = time.perf_counter()
     t_last, loss_acc, n_acc = t0, 0.0, 0
@@ -158,9 +174,7 @@ def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int =
             g["lr"] = _lr_at(step, r)
         x = torch.from_numpy(batch)
         logits = model(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1)
-        )
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -172,8 +186,11 @@ def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int =
             bpb = loss_acc / n_acc / math.log(2)
             sps = n_acc / (now - t_last)
             history.append({"step": step + 1, "train_bits_per_byte": round(bpb, 4)})
-            print(f"[{r.name}] step {step + 1:6d}/{r.steps}  loss {bpb:.3f} bits/byte  "
-                  f"lr {_lr_at(step, r):.2e}  {sps:.2f} steps/s  {now - t0:7.1f}s", flush=True)
+            print(
+                f"[{r.name}] step {step + 1:6d}/{r.steps}  loss {bpb:.3f} bits/byte  "
+                f"lr {_lr_at(step, r):.2e}  {sps:.2f} steps/s  {now - t0:7.1f}s",
+                flush=True,
+            )
             t_last, loss_acc, n_acc = now, 0.0, 0
     elapsed = time.perf_counter() - t0
     model.eval()
@@ -214,9 +231,11 @@ def main(argv=None) -> int:
     tok_dir = os.path.join(out, "tokenizer")
     save_tokenizer(tok_dir)
     fp = corpus_fingerprint()
-    print(f"corpus: {fp['train_files']} training files ({fp['train_bytes']:,} bytes), "
-          f"{len(fp['eval_files'])} held-out files ({fp['eval_bytes']:,} bytes), python {fp['python']}",
-          flush=True)
+    print(
+        f"corpus: {fp['train_files']} training files ({fp['train_bytes']:,} bytes), "
+        f"{len(fp['eval_files'])} held-out files ({fp['eval_bytes']:,} bytes), python {fp['python']}",
+        flush=True,
+    )
     with open(os.path.join(out, "corpus.json"), "w") as fh:
         json.dump(fp, fh, indent=2, sort_keys=True)
         fh.write("\n")

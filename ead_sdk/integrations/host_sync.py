@@ -17,9 +17,22 @@ from ead_sdk.errors import EadError
 # Tensor operations that copy a value to the host, or whose output shape depends on values.
 SYNCING_OPS = frozenset(
     {
-        "item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__",
-        "__complex__", "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive",
-        "bincount", "repeat_interleave",
+        "item",
+        "tolist",
+        "numpy",
+        "cpu",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "__complex__",
+        "nonzero",
+        "argwhere",
+        "masked_select",
+        "unique",
+        "unique_consecutive",
+        "bincount",
+        "repeat_interleave",
     }
 )
 

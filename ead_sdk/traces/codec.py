@@ -51,9 +51,7 @@ def _check_shapes(meta: TraceMeta, seq: SequenceTrace, row: int) -> None:
         raise TraceError(f"sequence {row}: field 'correct' has {len(correct)} values for {m} models")
 
 
-def sequences_to_batch(
-    meta: TraceMeta, sequences: Sequence[SequenceTrace], first_row: int = 0
-) -> pa.RecordBatch:
+def sequences_to_batch(meta: TraceMeta, sequences: Sequence[SequenceTrace], first_row: int = 0) -> pa.RecordBatch:
     """One record batch (one row per sequence) of the trace schema of ``meta``.
 
     Shapes are checked here (errors number sequences from ``first_row``); values are checked
@@ -78,9 +76,7 @@ def sequences_to_batch(
         try:
             extras.append(json.dumps(extra, sort_keys=True) if extra else None)
         except (TypeError, ValueError) as exc:
-            raise TraceError(
-                f"sequence {first_row + row}: task fields must be JSON-able ({exc})"
-            ) from None
+            raise TraceError(f"sequence {first_row + row}: task fields must be JSON-able ({exc})") from None
     return arrays_to_batch(
         meta,
         lengths=lengths,
@@ -139,17 +135,13 @@ def arrays_to_batch(
         if value is None:
             raise TraceError(f"field {name!r} is missing (the trace records k={k})")
         if np.size(value) != total * width:
-            raise TraceError(
-                f"field {name!r} has {np.size(value)} values for {total} tokens x {width}"
-            )
+            raise TraceError(f"field {name!r} has {np.size(value)} values for {total} tokens x {width}")
     columns: dict[str, pa.Array] = {
         "prompt_ids": _flat(np.asarray(prompt_ids, np.int32).reshape(-1), prompt_lengths, pa.int32()),
         "token_ids": _flat(np.asarray(token_ids, np.int32).reshape(-1), lengths, pa.int32()),
         "emitted_by": _flat(np.asarray(emitted_by, np.int8).reshape(-1), lengths, pa.int8()),
         "entropy": _nested(np.asarray(entropy, np.float32).reshape(-1), m, lengths, pa.float32()),
-        "token_logprob": _nested(
-            np.asarray(token_logprob, np.float32).reshape(-1), m, lengths, pa.float32()
-        ),
+        "token_logprob": _nested(np.asarray(token_logprob, np.float32).reshape(-1), m, lengths, pa.float32()),
     }
     if k > 0:
         columns["top_ids"] = _nested(np.asarray(top_ids, np.int32).reshape(-1), m * k, lengths, pa.int32())

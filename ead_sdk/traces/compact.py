@@ -65,9 +65,7 @@ def compact(
                 table = chunk.table.cast(schema)
                 while table.num_rows:
                     if writer is None:
-                        writer = pq.ParquetWriter(
-                            tmp / f"part-{part:05d}.parquet", schema, compression=compression
-                        )
+                        writer = pq.ParquetWriter(tmp / f"part-{part:05d}.parquet", schema, compression=compression)
                     take = min(table.num_rows, rows_per_file - rows)
                     writer.write_table(table.slice(0, take), row_group_size=row_group_rows)
                     table, rows = table.slice(take), rows + take

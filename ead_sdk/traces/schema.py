@@ -69,13 +69,10 @@ class TraceMeta:
             raise TraceError("trace metadata: at least one model is needed")
         if len(self.param_counts) != len(self.model_names):
             raise TraceError(
-                f"trace metadata: {len(self.param_counts)} parameter counts for "
-                f"{len(self.model_names)} models"
+                f"trace metadata: {len(self.param_counts)} parameter counts for {len(self.model_names)} models"
             )
         if any(c <= 0 for c in self.param_counts):
-            raise TraceError(
-                f"trace metadata: parameter counts must be positive, got {self.param_counts}"
-            )
+            raise TraceError(f"trace metadata: parameter counts must be positive, got {self.param_counts}")
         if int(self.vocab_size) <= 0:
             raise TraceError(f"trace metadata: vocab_size must be positive, got {self.vocab_size}")
         if int(self.k) < 0 or int(self.k) > int(self.vocab_size):
@@ -123,9 +120,7 @@ class TraceMeta:
                 f"(up to {FORMAT_VERSION}); upgrade ead-sdk"
             )
         missing = [
-            k
-            for k in ("model_names", "param_counts", "vocab_size", "tokenizer_fingerprint", "k")
-            if k not in raw
+            k for k in ("model_names", "param_counts", "vocab_size", "tokenizer_fingerprint", "k") if k not in raw
         ]
         if missing:
             raise TraceError(f"{source}: trace metadata lacks {missing}")

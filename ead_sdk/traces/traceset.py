@@ -89,9 +89,7 @@ class TraceSet:
         self.source = source
 
     @classmethod
-    def from_sequences(
-        cls, meta: TraceMeta, sequences: Sequence[SequenceTrace], source: str = "<memory>"
-    ) -> TraceSet:
+    def from_sequences(cls, meta: TraceMeta, sequences: Sequence[SequenceTrace], source: str = "<memory>") -> TraceSet:
         """A trace set of ``sequences`` (shapes checked; see `validate_traces` for values)."""
         batch = sequences_to_batch(meta, list(sequences))
         return cls(meta, pa.Table.from_batches([batch]), source)
