@@ -28,11 +28,16 @@ class CostModel:
             paper, or measured seconds per token).
         unit: ``"params"`` or ``"seconds"``.
         names: optional model names, for reports.
+        catchup_costs: per-model cost of one *catch-up* token, when it differs from a decode
+            token's (default: the same as ``costs``). In FLOPs the two are equal; in wall-clock
+            time a catch-up of many tokens runs as one batched pass and costs far less per token
+            than sequential decoding, so a latency model prices it apart (0 = free).
     """
 
     costs: tuple[float, ...]
     unit: str = "params"
     names: tuple[str, ...] | None = None
+    catchup_costs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         costs = tuple(float(c) for c in self.costs)
@@ -41,20 +46,47 @@ class CostModel:
         if self.names is not None and len(self.names) != len(costs):
             raise EadError(f"{len(self.names)} model names for {len(costs)} model costs")
         object.__setattr__(self, "costs", costs)
+        if self.catchup_costs is not None:
+            catchup = tuple(float(c) for c in self.catchup_costs)
+            if len(catchup) != len(costs):
+                raise EadError(f"{len(catchup)} catch-up costs for {len(costs)} model costs")
+            if any(not np.isfinite(c) or c < 0 for c in catchup):
+                raise EadError(f"catch-up costs must be finite and >= 0, got {self.catchup_costs!r}")
+            object.__setattr__(self, "catchup_costs", catchup)
 
     @classmethod
     def from_param_counts(cls, counts: Sequence[float], names: Sequence[str] | None = None) -> CostModel:
-        """Cost proportional to parameter count (the EAD paper's measure)."""
+        """Cost proportional to parameter count (the EAD paper's measure; catch-up tokens cost the same)."""
         return cls(tuple(counts), "params", tuple(names) if names else None)
 
     @classmethod
-    def from_seconds_per_token(cls, seconds: Sequence[float], names: Sequence[str] | None = None) -> CostModel:
-        """Cost as measured wall-clock seconds per forward token."""
-        return cls(tuple(seconds), "seconds", tuple(names) if names else None)
+    def from_seconds_per_token(
+        cls,
+        seconds: Sequence[float],
+        names: Sequence[str] | None = None,
+        catchup_seconds: Sequence[float] | None = None,
+    ) -> CostModel:
+        """Cost as measured wall-clock seconds per decode token (and per catch-up token, if measured)."""
+        return cls(
+            tuple(seconds),
+            "seconds",
+            tuple(names) if names else None,
+            tuple(catchup_seconds) if catchup_seconds is not None else None,
+        )
 
     @property
     def num_models(self) -> int:
         return len(self.costs)
+
+    def forward_cost(self, steps: np.ndarray, catchup: np.ndarray) -> np.ndarray:
+        """Cost of ``steps`` step forwards and ``catchup`` catch-up tokens, summed over the last (model) axis."""
+        decode = np.asarray(self.costs)
+        caught = decode if self.catchup_costs is None else np.asarray(self.catchup_costs)
+        return (steps * decode).sum(-1) + (catchup * caught).sum(-1)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able form; ``CostModel(**d)`` rebuilds it."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -142,8 +174,7 @@ class CostLedger:
         """Per-lane ``tokens``, ``large_share``, ``cost``, ``cost_ratio`` and ``switches``."""
         costs = self._check(cost_model)
         tokens = self.emitted.sum(1)
-        forwards = self.steps + self.catchup
-        cost = (forwards * costs).sum(1)
+        cost = cost_model.forward_cost(self.steps, self.catchup)
         with np.errstate(invalid="ignore", divide="ignore"):
             large_share = np.where(tokens > 0, self.emitted[:, -1] / np.maximum(tokens, 1), 0.0)
             cost_ratio = np.where(tokens > 0, cost / (costs[-1] * np.maximum(tokens, 1)), 0.0)
@@ -160,9 +191,10 @@ class CostLedger:
         costs = self._check(cost_model)
         sel = slice(None) if lanes is None else np.asarray(lanes)
         emitted = self.emitted[sel].sum(0)
-        forwards = (self.steps[sel] + self.catchup[sel]).sum(0)
+        steps, catchup = self.steps[sel].sum(0), self.catchup[sel].sum(0)
+        forwards = steps + catchup
         tokens = int(emitted.sum())
-        cost = float((forwards * costs).sum())
+        cost = float(cost_model.forward_cost(steps, catchup))
         return CostReport(
             tokens=tokens,
             emitted=tuple(int(v) for v in emitted),

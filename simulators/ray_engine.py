@@ -97,12 +97,11 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
 
 
 def _cost_json(cost_model: CostModel) -> str:
-    return json.dumps({"costs": list(cost_model.costs), "unit": cost_model.unit})
+    return json.dumps(cost_model.as_dict())
 
 
 def _cost_from_json(text: str) -> CostModel:
-    raw = json.loads(text)
-    return CostModel(tuple(raw["costs"]), raw["unit"])
+    return CostModel(**json.loads(text))
 
 
 def _json_value(value: Any) -> Any:

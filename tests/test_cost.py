@@ -106,3 +106,37 @@ def test_cost_model_validation():
     with pytest.raises(EadError, match="names"):
         CostModel.from_param_counts([1, 2], names=["a"])
     assert CostModel.from_seconds_per_token([0.01, 0.05]).unit == "seconds"
+
+
+@given(st.lists(lane_history, min_size=1, max_size=4), st.lists(st.floats(0.0, 5.0), min_size=3, max_size=3))
+def test_catch_up_priced_apart(histories, catchup_costs):
+    """cost = sum(steps x decode cost) + sum(catch-up x catch-up cost); equal prices give the default."""
+    ledger = CostLedger(len(histories), 3)
+    for t in range(max(len(h) for h in histories)):
+        lanes = [i for i, h in enumerate(histories) if t < len(h)]
+        for k in range(2):
+            sel = [i for i in lanes if len(histories[i][t]) > k]
+            if sel:
+                ledger.compute(np.asarray(sel), np.asarray([histories[i][t][k] for i in sel]), np.full(len(sel), t))
+        ledger.emit(np.asarray(lanes), np.asarray([histories[i][t][-1] for i in lanes]))
+    decode = [0.01, 0.04, 0.1]
+    plain = CostModel.from_seconds_per_token(decode)
+    same = CostModel.from_seconds_per_token(decode, catchup_seconds=decode)
+    priced = CostModel.from_seconds_per_token(decode, catchup_seconds=catchup_costs)
+    steps, catchup = ledger.steps.sum(0).tolist(), ledger.catchup.sum(0).tolist()
+    expected = sum(s * d for s, d in zip(steps, decode, strict=True)) + sum(
+        c * p for c, p in zip(catchup, catchup_costs, strict=True)
+    )
+    assert ledger.report(priced).cost == pytest.approx(expected)
+    assert ledger.report(priced).cost_ratio == pytest.approx(expected / (0.1 * ledger.report(priced).tokens))
+    assert ledger.per_lane(priced)["cost"].sum() == pytest.approx(expected)
+    assert ledger.report(same) == ledger.report(plain)
+    assert CostModel(**priced.as_dict()) == priced
+
+
+def test_catch_up_costs_validation():
+    with pytest.raises(EadError, match="2 catch-up costs for 3"):
+        CostModel((1, 2, 3), catchup_costs=(0, 1))
+    with pytest.raises(EadError, match=">= 0"):
+        CostModel((1, 2), catchup_costs=(0, -1))
+    assert CostModel((1, 2), catchup_costs=(0, 0)).catchup_costs == (0.0, 0.0)

@@ -113,6 +113,20 @@ def test_ray_replay_of_a_ladder_policy_equals_the_local_replay(ray_local):
     assert replay(traces, policy, engine="ray", batch_rows=2).report() == replay(traces, policy).report()
 
 
+def test_ray_replay_with_catch_up_priced_apart_equals_the_local_replay(ray_local):
+    """A cost model with its own catch-up prices travels to the workers intact."""
+    from ead_sdk import CostModel
+
+    traces = synthetic_traces(9, (0, 40), seed=4)
+    costs = CostModel.from_seconds_per_token([0.002, 0.02], catchup_seconds=[0.0001, 0.001])
+    policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0, "unit": "nats"}})
+    local = replay(traces, policy, cost_model=costs)
+    assert replay(traces, policy, cost_model=costs, engine="ray", batch_rows=4).report() == local.report()
+    flat = CostModel.from_seconds_per_token([0.002, 0.02])
+    assert local.report().catchup[1] > 0  # the large model did catch up, so the cheaper price shows
+    assert local.report().cost_ratio < replay(traces, policy, cost_model=flat).report().cost_ratio
+
+
 def test_ray_calibrate_equals_the_local_calibrate(ray_local):
     traces = synthetic_traces(20, (5, 40), seed=2)
     policy = load_policy({"policy": "rolling_entropy", "params": {"window": 3, "unit": "nats"}})
