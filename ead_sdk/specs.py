@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ead_sdk.errors import ParameterError, SpecError, SpecVersionError
+from ead_sdk.atomic_write import atomic_path
+from ead_sdk.errors import ParameterError, SpecError, SpecVersionError, UnknownPolicyError
 from ead_sdk.interface import Policy
 from ead_sdk.registry import PolicyRegistry, default_registry
 
 SPEC_KEYS = ("policy", "version", "params", "escalation", "initial_model")
+_POLICY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
 def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
@@ -24,12 +26,21 @@ def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
     text = os.fspath(spec_or_path)
     if text.lstrip().startswith("{"):
         source, raw = "<string>", text
-    elif os.path.exists(text):
-        source, raw = text, Path(text).read_text(encoding="utf-8")
-    elif text.endswith(".json"):
-        raise SpecError(f"policy spec file {text!r} does not exist")
-    else:  # a bare policy name: its defaults
+    elif _POLICY_NAME.fullmatch(text) and not isinstance(spec_or_path, os.PathLike):
+        # A bare policy name, even if a file of that name lies in the working directory: a
+        # stray file must never change which policy runs. Spell a file ./name or name.json.
         return {"policy": text}
+    elif not os.path.exists(text):
+        raise SpecError(f"policy spec file {text!r} does not exist")
+    elif os.path.isdir(text):
+        raise SpecError(f"policy spec {text!r} is a directory, not a JSON file")
+    else:
+        try:
+            source, raw = text, Path(text).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(
+                f"policy spec file {text!r} is not UTF-8 JSON text ({exc.reason} at byte {exc.start})"
+            ) from None
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -63,7 +74,14 @@ def load_policy(
     name = spec.get("policy")
     if not isinstance(name, str):
         raise SpecError(f"policy spec needs a 'policy' name (a string), got {name!r}")
-    info = (registry or default_registry()).get(name)
+    try:
+        info = (registry or default_registry()).get(name)
+    except UnknownPolicyError as exc:
+        if isinstance(spec_or_path, str) and spec == {"policy": spec_or_path} and os.path.isfile(spec_or_path):
+            raise UnknownPolicyError(
+                f"{exc} (a file {spec_or_path!r} exists: pass ./{spec_or_path} to read it)"
+            ) from None
+        raise
     cls = info.cls
     version = spec.get("version", cls.version)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -88,9 +106,9 @@ def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:
     """Write ``policy.spec()`` as JSON, atomically (a temporary file renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = atomic_path(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(policy.spec(), fh, indent=2)
             fh.write("\n")
         os.replace(tmp, path)

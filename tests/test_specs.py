@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ead_sdk
-from ead_sdk import ParameterError, SpecError, SpecVersionError, UnknownPolicyError, load_policy
+from ead_sdk import ParameterError, SpecError, SpecVersionError, UnknownPolicyError, load_policy, save_policy
 
 rolling_params = st.fixed_dictionaries(
     {},
@@ -174,3 +174,39 @@ def test_fixed_policy_starts_on_its_own_model_unless_the_spec_says_otherwise():
     assert load_policy({"policy": "fixed", "params": {"model": 1}, "initial_model": 0}).initial_model == 0
     policy = load_policy({"policy": "fixed", "params": {"model": 1}})
     assert load_policy(policy.spec()).spec() == policy.spec()
+
+
+def test_a_bare_name_is_never_shadowed_by_a_file(tmp_path, monkeypatch):
+    """A file named like a policy in the working directory must not change which policy runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rolling_entropy").write_text('{"policy": "fixed"}')
+    (tmp_path / "random").mkdir()
+    assert load_policy("rolling_entropy").name == "rolling_entropy"
+    assert load_policy("random").name == "random"
+    assert load_policy("./rolling_entropy").name == "fixed"
+    (tmp_path / "myspec").write_text('{"policy": "fixed"}')
+    with pytest.raises(UnknownPolicyError, match=r"pass \./myspec"):
+        load_policy("myspec")
+
+
+def test_unreadable_spec_files_are_spec_errors(tmp_path):
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_policy(tmp_path / "bin.json")
+    with pytest.raises(SpecError, match="directory"):
+        load_policy(str(tmp_path) + "/")
+    with pytest.raises(SpecError, match="does not exist"):
+        load_policy(tmp_path / "missing.json")
+
+
+def test_saved_specs_are_as_readable_as_plain_files(tmp_path):
+    """save_policy publishes atomically but with the umask's mode, not mkstemp's 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_policy(load_policy("rolling_entropy"), tmp_path / "spec.json")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert load_policy(path).spec() == load_policy("rolling_entropy").spec()

@@ -327,3 +327,18 @@ def test_schema_metadata_is_json_and_the_package_never_pickles():
     for folder in ("ead_sdk/traces", "simulators"):
         for f in (root / folder).glob("*.py"):
             assert "pickle" not in f.read_text(), f
+
+
+@pytest.mark.parametrize("how", ["parquet", "ipc"])
+def test_written_traces_are_as_readable_as_plain_files(tmp_path, how):
+    """Atomic publication keeps the umask's mode (mkstemp alone would leave 0600)."""
+    import os
+
+    meta = make_meta()
+    seqs = [make_sequence(np.random.default_rng(2), meta, 4, 0)]
+    old = os.umask(0o022)
+    try:
+        path = write_traces(TraceSet.from_sequences(meta, seqs), tmp_path / f"t.{how}", format=how)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -9,7 +9,6 @@ Parquet dataset by `ead_sdk.traces.compact`; `write_traces` writes a whole `Trac
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Literal
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ead_sdk.atomic_write import atomic_path
 from ead_sdk.errors import TraceError
 from ead_sdk.traces.codec import sequences_to_batch
 from ead_sdk.traces.schema import SequenceTrace, TraceMeta, trace_schema
@@ -132,13 +132,6 @@ class TraceWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def atomic_path(dest: Path) -> Path:
-    """A fresh temporary path beside ``dest`` (same file system, so a rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    return Path(tmp)
 
 
 def write_traces(
