@@ -118,6 +118,8 @@ class Param:
                 else:
                     raise self._fail(policy, f"must be an integer, got {type(value).__name__} {value!r}")
             value = int(value)
+            if not -(2**63) <= value < 2**63:  # lanes hold int64
+                raise self._fail(policy, f"must fit in 64 bits, got {value}")
             self._check_range(policy, np.asarray([value]))
             return value
         if kind == "float":

@@ -210,3 +210,10 @@ def test_saved_specs_are_as_readable_as_plain_files(tmp_path):
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
     assert load_policy(path).spec() == load_policy("rolling_entropy").spec()
+
+
+@given(st.one_of(st.integers(min_value=2**63), st.integers(max_value=-(2**63) - 1)))
+def test_integers_beyond_64_bits_are_parameter_errors(value):
+    """Lanes hold int64: a larger integer is refused by name, never an OverflowError."""
+    with pytest.raises(ParameterError, match="'seed' must fit in 64 bits"):
+        load_policy({"policy": "random", "params": {"seed": value}})
