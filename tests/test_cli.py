@@ -594,7 +594,10 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory, trace_path: Path) -> dic
     bad_jsonl.write_text('"fine"\n{"prompt": 3}\n')
     good = root / "good.txt"
     good.write_text("import os\n")
+    bin_spec = root / "bin.json"
+    bin_spec.write_bytes(b"\xff\xfe\x00{")
     return {
+        "bin_spec": bin_spec,
         "good": good,
         "garbage": garbage,
         "truncated": truncated,
@@ -693,7 +696,36 @@ USER_ERRORS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("eval no prompts", ["eval", "--models", "{tmp}", "{tmp}", "-p", "fixed", "-n", "0"], ("--prompts",)),
     ("eval unknown policy", ["eval", "--models", "{tmp}", "{tmp}", "-p", "nope", "-n", "1"], ("unknown policy",)),
     ("demo bad target", ["demo", "--target", "1.5", "--out", "{tmp}/d"], ("--target",)),
+    (
+        "eval replay-only policy",
+        ["eval", "--models", "{tmp}", "{tmp}", "-p", "oracle", "-n", "1"],
+        ("'oracle'", "replay"),
+    ),
+    ("demo unwritable out", ["demo", "-n", "1", "--out", "/proc/ead-demo"], ("output directory", "/proc/ead-demo")),
+    ("spec not utf-8", ["replay", "{trace}", "--policy", "{bin_spec}"], ("not UTF-8",)),
+    (
+        "int beyond 64 bits",
+        ["replay", "{trace}", "--policy", '{"policy": "random", "params": {"seed": 100000000000000000000000}}'],
+        ("'seed'", "64 bits"),
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "-p", "fixed", "--batch", "0"],
+        ["record", "--prompts", "x", "--out", "y", "--threads", "-1"],
+        ["demo", "--max-new-tokens", "0"],
+        ["generate", "hi", "--batch", "1"],
+    ],
+    ids=["batch 0", "threads -1", "max-new-tokens 0", "unknown option"],
+)
+def test_option_values_out_of_range_are_usage_errors(args: list[str]) -> None:
+    """Counts below 1 are refused by the option parser (exit 2, its one error line), never a traceback."""
+    result = ead(*args)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output + (result.stderr or "")
 
 
 @pytest.mark.parametrize(("case", "args", "needles"), USER_ERRORS, ids=[c[0] for c in USER_ERRORS])

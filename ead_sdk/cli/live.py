@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from rich.text import Text
 
 from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, to_json, user_errors
 from ead_sdk.demo.run import FRONTIER_TARGETS
+from ead_sdk.errors import EadError
 
 MODELS_HELP = "the small and the large model (local paths; default: the embedded demo pair)"
 MODEL_STYLES = ("cyan", "bold magenta", "bold yellow", "bold red")
@@ -80,10 +82,10 @@ def record(
     models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     policy: str = typer.Option("fixed", "--policy", "-p", help="the policy that routes the recorded trajectory"),
     k: int = typer.Option(8, "--k", help="top-k log-probabilities recorded per model and position"),
-    max_new_tokens: int = typer.Option(64, help="the most generated tokens per prompt"),
+    max_new_tokens: int = typer.Option(64, min=1, help="the most generated tokens per prompt"),
     stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
-    batch: int = typer.Option(16, help="prompts decoded together"),
-    threads: int = typer.Option(None, help="torch threads (default 1)"),
+    batch: int = typer.Option(16, min=1, help="prompts decoded together"),
+    threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out"),
 ) -> None:
     """Decode prompts live and record every model's signals along the trajectory (teacher-forced)."""
@@ -122,9 +124,9 @@ def generate(
     prompt: str = typer.Argument(..., help="the prompt text"),
     models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     policy: str = typer.Option("rolling_entropy", "--policy", "-p", help="a policy spec: name, JSON or .json file"),
-    max_new_tokens: int = typer.Option(64, help="the most generated tokens"),
+    max_new_tokens: int = typer.Option(64, min=1, help="the most generated tokens"),
     stop: list[str] = typer.Option([], "--stop", help="a stop string (repeatable; '\\n' for a newline)"),
-    threads: int = typer.Option(None, help="torch threads (default 1)"),
+    threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Generate from one prompt, each token coloured by the model that emitted it, then the cost report."""
@@ -168,6 +170,29 @@ def generate(
     )
 
 
+def _check_writable_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output directory {str(path)!r}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"the output directory {str(path)!r} is not writable")
+
+
+def _changed_params(policy: Any) -> dict[str, Any]:
+    """The parameters that differ from the policy's defaults (the table's "setting" stays short)."""
+    defaults = type(policy)(escalation=policy.escalation).spec()["params"] if _has_defaults(policy) else {}
+    return {k: v for k, v in policy.spec().get("params", {}).items() if defaults.get(k, object()) != v}
+
+
+def _has_defaults(policy: Any) -> bool:
+    try:
+        type(policy)(escalation=policy.escalation)
+    except EadError:  # a parameter without a default
+        return False
+    return True
+
+
 def _ordered(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """Rows with their table labels; the EAD rule's extra curve points follow its main row, by share."""
     curve = sorted((r for r in rows if r.get("curve_only")), key=lambda r: r["target"])
@@ -187,7 +212,7 @@ def rows_tables(title: str, rows: list[dict[str, Any]]) -> tuple[Table, Table]:
     ordered = _ordered(rows)
     cost = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     cost.add_column("policy", no_wrap=True)
-    cost.add_column("setting", no_wrap=True)
+    cost.add_column("setting", max_width=18)  # wraps: the numbers must keep their room
     for col in ("large", "cost", "exact", "soft", "sim"):
         cost.add_column(col, justify="right")
     for label, r in ordered:
@@ -218,9 +243,9 @@ def eval_(
     policy: list[str] = typer.Option(..., "--policy", "-p", help="a policy spec (repeatable)"),
     prompts: int = typer.Option(200, "--prompts", "-n", help="held-out demo prompts to evaluate"),
     models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
-    batch: int = typer.Option(2, help="prompts decoded together (small is faster on CPU)"),
-    max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
-    threads: int = typer.Option(None, help="torch threads (default 1)"),
+    batch: int = typer.Option(2, min=1, help="prompts decoded together (small is faster on CPU)"),
+    max_new_tokens: int = typer.Option(48, min=1, help="the most generated tokens per prompt"),
+    threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Live quality vs cost of policies on the demo task, against small-only and large-only."""
@@ -235,7 +260,11 @@ def eval_(
         ("small only", {"policy": "fixed", "params": {"model": 0}}),
         ("large only", {"policy": "fixed", "params": {"model": 1}}),
     ]
-    specs += [(load_policy(p).name, load_policy(p).spec()) for p in policy]
+    for p in policy:  # every spec is checked before minutes of decoding, not after
+        pol = load_policy(p)
+        if pol.replay_only:
+            raise UserError(f"policy {pol.name!r} needs a trace's look-ahead (replay only): use ead replay")
+        specs.append((pol.name, pol.spec()))
     backend = _backend(models, threads)
     items = task.load_eval_prompts(prompts)
     rows = []
@@ -251,7 +280,7 @@ def eval_(
                 progress=lambda k, job=job: bar.advance(job, k),
             )
             rep = score.report
-            params = load_policy(spec).spec().get("params", {})
+            params = _changed_params(load_policy(spec))
             rows.append(
                 DemoRow(
                     label=label,
@@ -285,9 +314,9 @@ def demo(
     frontier: str = typer.Option(
         ",".join(f"{t:g}" for t in FRONTIER_TARGETS), help="further large shares for the EAD rule's curve ('' for none)"
     ),
-    batch: int = typer.Option(2, help="prompts decoded together (small is faster on CPU)"),
-    max_new_tokens: int = typer.Option(48, help="the most generated tokens per prompt"),
-    threads: int = typer.Option(None, help="torch threads (default 1)"),
+    batch: int = typer.Option(2, min=1, help="prompts decoded together (small is faster on CPU)"),
+    max_new_tokens: int = typer.Option(48, min=1, help="the most generated tokens per prompt"),
+    threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     as_json: bool = typer.Option(False, "--json", help="print the figures as JSON instead of the table"),
 ) -> None:
     """The embedded demo: calibrate on the shipped traces, evaluate every policy live, plot the frontier."""
@@ -303,6 +332,7 @@ def demo(
         raise UserError(f"--frontier must be comma-separated shares, got {frontier!r}") from None
     if any(not 0.0 < t < 1.0 for t in shares):
         raise UserError(f"--frontier shares must be between 0 and 1, got {frontier!r}")
+    _check_writable_dir(out)  # before minutes of decoding, not after
     with _bar(as_json) as bar:
         state: dict[str, Any] = {}
         cal = bar.add_task("calibrating on the embedded traces", total=None)
@@ -329,17 +359,19 @@ def demo(
     if as_json:
         echo_json(figures)
         return
+    curve = ", ".join(f"{t:g}" for t in figures["frontier"])
     title = (
         f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the "
-        f"traces to large share {target:g} (EAD rule also at {', '.join(f'{t:g}' for t in figures['frontier'])})"
+        f"traces to large share {target:g}" + (f" (EAD rule also at {curve})" if curve else "")
     )
     for table in rows_tables(title, figures["rows"]):
         console.print(table)
         console.print()
     for metric in ("soft", "similarity"):
         best = best_row(figures, metric)
-        if best is not None:
-            ok = best["gap_recovered"][metric] >= 0.8
+        gap = None if best is None else best["gap_recovered"][metric]
+        if gap is not None and gap == gap:  # NaN when small and large score alike (too few prompts)
+            ok = gap >= 0.8
             console.print(
                 f"best with large share <= 40% on {metric}: {best['label']} ({best['escalation']}) recovers "
                 f"{100 * best['gap_recovered'][metric]:.0f}% of the gap at {100 * best['large_share']:.0f}% large "
