@@ -6,8 +6,9 @@ A plugin that fails to import or validate is recorded as a `PluginProblem` and w
 the others still load.
 
 Environment:
-    ``EAD_SDK_PLUGINS``: comma-separated allow-list of third-party distribution or entry-point
-    names; only those load (the built-ins of ``ead-sdk`` always do).
+    ``EAD_SDK_PLUGINS``: comma-separated allow-list of third-party distributions (``dist``, any
+    spelling PEP 503 normalises alike) or single entry points of one (``dist:entry-point``);
+    only those load (the built-ins of ``ead-sdk`` always do).
     ``EAD_SDK_DISABLE_PLUGINS=1``: load no third-party plugin at all.
 """
 
@@ -30,6 +31,14 @@ from ead_sdk.interface import Policy
 
 BUILTIN_DISTRIBUTION = "ead-sdk"
 ALLOW_ENV = "EAD_SDK_PLUGINS"
+
+
+def _canonical(name: str) -> str:
+    """PEP 503 name normalisation (``Ead_Policy.X`` == ``ead-policy-x``), keeping a ``:entry-point`` as is."""
+    dist, sep, ep = name.strip().partition(":")
+    return re.sub(r"[-_.]+", "-", dist).lower() + sep + ep
+
+
 DISABLE_ENV = "EAD_SDK_DISABLE_PLUGINS"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
@@ -120,7 +129,14 @@ class PolicyRegistry:
             return True
         if not self.third_party:
             return False
-        return self.allow is None or ep_name in self.allow or (dist is not None and dist in self.allow)
+        if self.allow is None:
+            return True
+        # An entry names its distribution, not just an entry point: otherwise any installed
+        # package could satisfy the list by naming its entry point after an allowed one.
+        if dist is None:
+            return False
+        allowed = {_canonical(a) for a in self.allow}
+        return _canonical(dist) in allowed or f"{_canonical(dist)}:{ep_name}" in allowed
 
     def load_entry_points(self) -> None:
         """Import and register every allowed entry point of the ``ead_sdk`` group."""

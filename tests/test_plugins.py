@@ -198,8 +198,13 @@ def test_allow_list_and_disable_switch(site, monkeypatch):
     assert "eadtest_other" not in sys.modules  # never imported, not just hidden
     assert "rolling_entropy" in reg.policies  # built-ins always load
     assert any("other" in s for s in reg.skipped)
-    monkeypatch.setenv("EAD_SDK_PLUGINS", "other")  # entry-point names work too
-    assert set(PolicyRegistry().policies) >= {"other"}
+    monkeypatch.setenv("EAD_SDK_PLUGINS", "other")  # a bare entry-point name is not a distribution
+    assert "other" not in PolicyRegistry().policies
+    monkeypatch.setenv("EAD_SDK_PLUGINS", "Other_Policies:other")  # dist:entry-point, any PEP 503 spelling
+    reg = PolicyRegistry()
+    assert "other" in reg.policies and "shiny" not in reg.policies
+    monkeypatch.setenv("EAD_SDK_PLUGINS", "SHINY.policies")
+    assert "shiny" in PolicyRegistry().policies
     monkeypatch.delenv("EAD_SDK_PLUGINS")
     monkeypatch.setenv("EAD_SDK_DISABLE_PLUGINS", "1")
     reg = PolicyRegistry()
