@@ -39,6 +39,11 @@ def normalised_logprobs(step: Step, logprobs: Array, xp: Any) -> Array:
     return logprobs - lse
 
 
+MAX_WINDOW = 4096
+"""The largest ``window`` a policy accepts: every lane holds ``window`` past values, and the
+signal of a window longer than most sequences is their mean so far anyway."""
+
+
 def window_history(n: int, wmax: int, dtype: Any, xp: Any, **kw: Any) -> Array:
     """A zero ``(n, wmax)`` window history laid out time-major in memory (see `push_window`)."""
     return xp.permute_dims(xp.zeros((wmax, n), dtype=dtype, **kw), (1, 0))

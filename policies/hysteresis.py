@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history, window_value
+from ead_sdk.policies._common import MAX_WINDOW, has_nonzero, push_window, update_dwell, window_history, window_value
 
 from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
 from ead_sdk.errors import ParameterError
@@ -31,7 +31,14 @@ class HysteresisPolicy(Policy):
     parameters = (
         Param("upper", "float", default=1.5, low=0.0, doc="signal above which the large model emits (in `unit`)"),
         Param("lower", "float", default=0.75, low=0.0, doc="signal below which the small model emits (in `unit`)"),
-        Param("window", "int", default=1, low=1, doc="tokens averaged before smoothing (fewer at the start)"),
+        Param(
+            "window",
+            "int",
+            default=1,
+            low=1,
+            high=MAX_WINDOW,
+            doc="tokens averaged before smoothing (fewer at the start)",
+        ),
         Param(
             "ema", "float", default=0.0, low=0.0, high=1.0, high_open=True, doc="exponential smoothing factor; 0 = none"
         ),

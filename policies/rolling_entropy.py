@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import has_nonzero, push_window, update_dwell, window_history, window_value
+from ead_sdk.policies._common import MAX_WINDOW, has_nonzero, push_window, update_dwell, window_history, window_value
 
 from ead_sdk.arrays import as_namespace, default_float, namespace
 from ead_sdk.hookspecs import hookimpl
@@ -30,7 +30,7 @@ class RollingEntropyPolicy(Policy):
     version = 1
     max_models = None
     parameters = (
-        Param("window", "int", default=5, low=1, doc="tokens averaged (fewer at the start)"),
+        Param("window", "int", default=5, low=1, high=MAX_WINDOW, doc="tokens averaged (fewer at the start)"),
         Param(
             "threshold",
             "float",

@@ -53,6 +53,28 @@ class CalibrationResult:
     sequences: tuple[int, int]
 
 
+_TIE = 1e-12
+"""Relative gap below which a metric counts as equal to the target (an exact tie)."""
+
+
+def _check_request(
+    metric: str, target: float, held_out: float, bounds: tuple[float, float] | None, points: int, rounds: int
+) -> None:
+    """Refuse a request no search can honour, before any replay."""
+    if metric == "large_share" and not 0.0 <= target <= 1.0:
+        raise ParameterError(f"target_large_share must be in [0, 1], got {target}")
+    if metric == "cost_ratio" and not (math.isfinite(target) and target > 0.0):
+        raise ParameterError(f"target_cost_ratio must be a finite number > 0, got {target}")
+    if not 0.0 <= held_out < 1.0:
+        raise ParameterError(f"held_out must be in [0, 1), got {held_out}")
+    if bounds is not None:
+        lo, hi = bounds
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ParameterError(f"bounds must be two finite numbers (low, high) with low < high, got {bounds}")
+    if points < 2 or rounds < 1:
+        raise ParameterError(f"points must be >= 2 and rounds >= 1, got points={points}, rounds={rounds}")
+
+
 def _metric(result, metric: str, lanes: np.ndarray) -> float:
     return _report_metric(result.report(lanes), metric)
 
@@ -153,6 +175,11 @@ def calibrate(
 
     Returns:
         A `CalibrationResult`.
+
+    Raises:
+        ParameterError: an impossible request (a share outside [0, 1], a cost ratio <= 0,
+            ``held_out`` outside [0, 1), a parameter with choices), or a target the metric does
+            not reach over the searched interval (the message gives the range it reached).
     """
     if engine not in ("local", "ray"):
         raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
@@ -162,12 +189,20 @@ def calibrate(
         raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
     metric = "large_share" if target_large_share is not None else "cost_ratio"
     target = float(target_large_share if target_large_share is not None else target_cost_ratio)
+    _check_request(metric, target, held_out, bounds, points, rounds)
     declared = {p.name: p for p in type(policy).parameters}
     if parameter not in declared or declared[parameter].kind not in ("float", "int"):
         raise ParameterError(f"policy {policy.name!r}: {parameter!r} is not a numeric parameter")
     decl = declared[parameter]
+    if decl.choices is not None:
+        raise ParameterError(
+            f"policy {policy.name!r}: {parameter!r} takes one of {list(decl.choices)}, not a continuous value; "
+            "sweep its choices instead"
+        )
     if held_out > 0:
         held, calib = traces.split(held_out, seed)
+        if not len(calib):
+            raise ParameterError(f"held_out={held_out} leaves no sequence of {len(traces)} to calibrate on")
     else:
         held, calib = None, traces
     base = {k: v for k, v in policy.params.items() if k != parameter}
@@ -210,11 +245,17 @@ def calibrate(
         hi = max(1.0, 2.0 * abs(lo))
         m_lo = evaluate(np.array([lo]))[0]
         for _ in range(40):
-            if (evaluate(np.array([hi]))[0] - target) * (m_lo - target) <= 0:
+            m_hi = evaluate(np.array([hi]))[0]
+            if (m_hi - target) * (m_lo - target) <= 0:
                 break
             hi *= 2.0
+        else:
+            raise ParameterError(
+                f"policy {policy.name!r}: target {metric}={target:g} not bracketed by doubling {parameter!r}: "
+                f"metric at lo={lo:g} is {m_lo:g}, at hi={hi / 2:g} is {m_hi:g}; pass bounds"
+            )
     best_value, best_gap, best_metric = lo, np.inf, np.nan
-    for _ in range(rounds):
+    for round_ in range(rounds):
         if decl.kind == "int":
             values = np.unique(np.round(np.linspace(lo, hi, points)).astype(np.int64))
         else:
@@ -226,6 +267,12 @@ def calibrate(
             best_value, best_gap, best_metric = values[i], gap[i], got[i]
         side = np.sign(got - target)
         cross = np.flatnonzero(side[:-1] * side[1:] <= 0)
+        if round_ == 0 and cross.size == 0 and gap[i] > _TIE * max(1.0, abs(target)):
+            raise ParameterError(
+                f"policy {policy.name!r}: target {metric}={target:g} is not reached for {parameter!r} in "
+                f"[{values[0]:g}, {values[-1]:g}]: the {metric} there ranges over [{got.min():g}, {got.max():g}]; "
+                "widen the bounds or change the target"
+            )
         if cross.size == 0 or (decl.kind == "int" and values.size <= 2):
             break
         j = int(cross[0])

@@ -46,11 +46,95 @@ def test_bad_requests_are_refused():
 @settings(max_examples=10, deadline=None)
 @given(lower=st.floats(0.2, 3.0), target=st.floats(0.1, 0.6))
 def test_a_parameter_bounded_by_another_calibrates_without_bounds(lower, target):
-    """hysteresis.upper must exceed lower: with no bounds given, the search stays inside the valid values."""
+    """hysteresis.upper must exceed lower: with no bounds given, the search stays inside the valid
+    values; a target above the share of the lowest valid upper is refused as not bracketed."""
     traces = synthetic_traces(24, 80, seed=3)
     policy = load_policy({"policy": "hysteresis", "params": {"lower": lower, "upper": lower + 1.0}})
-    res = calibrate(traces, policy, "upper", target_large_share=target, held_out=0.0)
+    try:
+        res = calibrate(traces, policy, "upper", target_large_share=target, held_out=0.0)
+    except ParameterError as err:
+        assert "not bracketed" in str(err)
+        lowest = load_policy({"policy": "hysteresis", "params": {"lower": lower, "upper": lower * (1 + 1e-9)}})
+        assert replay(traces, lowest).report().large_share < target
+        return
     assert res.value > lower
     assert res.policy.params["lower"] == lower
     direct = replay(traces, res.policy).report().large_share
     assert direct == pytest.approx(res.calibration)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_large_share": 1.5}, r"target_large_share must be in \[0, 1\], got 1.5"),
+        ({"target_large_share": -0.1}, r"target_large_share must be in \[0, 1\]"),
+        ({"target_large_share": float("nan")}, r"target_large_share must be in \[0, 1\]"),
+        ({"target_cost_ratio": 0.0}, r"target_cost_ratio must be a finite number > 0, got 0.0"),
+        ({"target_cost_ratio": -1.0}, r"target_cost_ratio must be a finite number > 0"),
+        ({"target_large_share": 0.3, "held_out": -1.0}, r"held_out must be in \[0, 1\), got -1.0"),
+        ({"target_large_share": 0.3, "held_out": 1.0}, r"held_out must be in \[0, 1\)"),
+        ({"target_large_share": 0.3, "bounds": (2.0, 1.0)}, r"bounds must be .* low < high"),
+        ({"target_large_share": 0.3, "points": 1}, r"points must be >= 2"),
+    ],
+)
+def test_impossible_requests_are_refused_before_any_replay(kwargs, match):
+    traces = synthetic_traces(10, 10, seed=0)
+    policy = load_policy({"policy": "rolling_entropy", "params": {}})
+    with pytest.raises(ParameterError, match=match):
+        calibrate(traces, policy, "threshold", **kwargs)
+
+
+def test_an_unreachable_target_is_refused_with_the_range_reached():
+    """Cost ratio 0.01 is below the cheapest the policy can do (the small model alone): the error
+    names the target, the metric's range over the interval and the interval, instead of returning
+    a boundary."""
+    traces = synthetic_traces(20, 30, seed=1)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"unit": "nats"}})
+    with pytest.raises(ParameterError, match=r"target cost_ratio=0.01 is not reached for 'threshold' in \[0, 20\]"):
+        calibrate(traces, policy, "threshold", target_cost_ratio=0.01, bounds=(0.0, 20.0), held_out=0.0)
+
+
+def test_bounds_that_do_not_bracket_the_target_are_refused():
+    traces = synthetic_traces(20, 30, seed=1)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"unit": "nats"}})
+    full = calibrate(traces, policy, "threshold", target_large_share=0.5, bounds=(0.0, 20.0), held_out=0.0)
+    narrow = (full.value + 1.0, full.value + 2.0)  # every threshold here routes less than half to large
+    with pytest.raises(ParameterError, match=r"large_share=0.5 is not reached .* ranges over \[.*\]; widen the bounds"):
+        calibrate(traces, policy, "threshold", target_large_share=0.5, bounds=narrow, held_out=0.0)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 50), end=st.sampled_from(["lo", "hi"]))
+def test_a_target_reached_exactly_at_a_bound_is_returned(seed, end):
+    """Property: a target equal to the metric at an end of the bounds (an exact tie, not a
+    crossing inside) is accepted, and the calibration reaches it exactly."""
+    traces = synthetic_traces(12, 20, seed=seed)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"unit": "nats"}})
+    value = 0.0 if end == "lo" else 50.0
+    at_end = load_policy({"policy": "rolling_entropy", "params": {"threshold": value, "unit": "nats"}})
+    share = replay(traces, at_end).report().large_share
+    res = calibrate(traces, policy, "threshold", target_large_share=share, bounds=(0.0, 50.0), held_out=0.0)
+    assert res.calibration == share
+
+
+def test_an_open_upper_bound_that_never_brackets_is_refused():
+    """min_dwell has no upper bound: a share the doubling never reaches is refused, not returned."""
+    traces = synthetic_traces(10, 20, seed=2)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": 50.0, "unit": "nats"}})
+    with pytest.raises(ParameterError, match=r"target large_share=0.9 not bracketed .* metric at lo=0 is 0"):
+        calibrate(traces, policy, "min_dwell", target_large_share=0.9, held_out=0.0, rounds=1)
+
+
+@settings(max_examples=4, deadline=None)
+@given(target=st.floats(0.2, 0.8))
+def test_window_calibration_searches_a_bounded_interval(target):
+    """Property: window is bounded (1..4096), so calibrating it never doubles an open end: it
+    either returns a window within the bound or refuses with the range reached."""
+    traces = synthetic_traces(6, 12, seed=0)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0, "unit": "nats"}})
+    try:
+        res = calibrate(traces, policy, "window", target_large_share=target, held_out=0.0, points=4, rounds=1)
+    except ParameterError as err:
+        assert "in [1, 4096]" in str(err)
+    else:
+        assert 1 <= res.value <= 4096
