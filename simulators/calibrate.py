@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from ead_sdk.simulators.replay import ReplayData, replay
-from ead_sdk.simulators.sweep import lane_policy
+from ead_sdk.simulators.sweep import MEMORY_BUDGET, estimate_sweep_bytes, lane_policy
 
 from ead_sdk.cost import CostModel, CostReport
 from ead_sdk.errors import ParameterError
@@ -228,6 +228,13 @@ def calibrate(
         n = data.num_sequences
 
         def run(configs: list[dict[str, Any]]) -> np.ndarray:
+            need = estimate_sweep_bytes(data, policy.name, configs, **options)
+            if need > MEMORY_BUDGET:
+                raise ParameterError(
+                    f"calibrating {parameter!r} replays {len(configs)} values x {n:,} sequences at once, about "
+                    f"{need / 2**30:.3g} GiB (budget {MEMORY_BUDGET / 2**30:.3g} GiB): pass fewer points, "
+                    "narrower bounds or engine='ray'"
+                )
             pol = lane_policy(policy.name, configs, n, **options)
             result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(configs)))
             return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(configs))])

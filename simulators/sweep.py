@@ -9,6 +9,7 @@ threshold's unit) split the grid into one run per distinct value.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,12 @@ from ead_sdk.registry import default_registry
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 
+MEMORY_BUDGET = 4 << 30
+"""Default bytes of lane state a local in-memory sweep may hold (one replay of every lane)."""
+
+MAX_CONFIGURATIONS = 1_000_000
+"""The most configurations a grid may expand to (each is a row of the result)."""
+
 Progress = Callable[[int, int], None]
 """A progress callback: ``(sequences done, sequences in all)``."""
 
@@ -39,6 +46,11 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
         for name in names:
             if isinstance(grid[name], (str, bytes)) or not isinstance(grid[name], Sequence):
                 raise ParameterError(f"grid values for {name!r} must be a list, got {grid[name]!r}")
+        size = math.prod(len(grid[n]) for n in names)
+        if size > MAX_CONFIGURATIONS:
+            raise ParameterError(
+                f"the grid has {size:,} configurations, more than {MAX_CONFIGURATIONS:,}: split it into several sweeps"
+            )
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
     return [dict(c) for c in grid]
 
@@ -60,7 +72,7 @@ def lane_policy(policy_name: str, configs: Sequence[Mapping[str, Any]], n: int, 
             params[name] = values[0]
             continue
         dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_}[p.kind]
-        arr = np.asarray(values, dtype=dtype)
+        arr = np.asarray([p.validate(policy_name, v) for v in values], dtype=dtype)  # no silent casts
         params[name] = np.repeat(arr, n, axis=0)
     return cls(**options, **params)
 
@@ -80,6 +92,7 @@ def sweep(
     batch_rows: int = 1024,
     progress: Progress | None = None,
     threads: int | None = None,
+    memory_budget: int = MEMORY_BUDGET,
 ) -> SweepResult:
     """Replay every configuration of ``grid`` of policy ``policy_name`` on ``traces``.
 
@@ -102,6 +115,9 @@ def sweep(
         progress: called with ``(sequences done, sequences in all)`` as batches finish.
         threads: threads of each local replay (see `replay`; default: at most 2). Ray workers
             replay on one thread each.
+        memory_budget: bytes of lane state an in-memory local sweep may hold (every
+            configuration's lanes are replayed at once); a larger grid is refused with
+            `ParameterError` before any replay. Streamed and Ray runs are bounded by batches.
 
     Returns:
         A `SweepResult`: `table` has one row per configuration (its parameters and aggregate
@@ -146,6 +162,13 @@ def sweep(
         )
     data = ReplayData.from_traces(traces, with_topk=topk)
     n = data.num_sequences
+    need = estimate_sweep_bytes(data, policy_name, configs, escalation=escalation, initial_model=initial_model)
+    if need > memory_budget:
+        raise ParameterError(
+            f"the sweep of {len(configs):,} configurations x {n:,} sequences x {data.t_max:,} positions would hold "
+            f"about {need / 2**30:.3g} GiB of lane state in memory (budget {memory_budget / 2**30:.3g} GiB): "
+            "split the grid, pass the trace's path (streamed in batches) or use engine='ray'"
+        )
     rows: list[dict[str, Any] | None] = [None] * len(configs)
     results: list[tuple[list[int], ReplayResult]] = []
     for members in config_groups(policy_name, configs):
@@ -159,6 +182,54 @@ def sweep(
             rows[i] = {**{f"param.{k}": v for k, v in configs[i].items()}, **summary}
     table = pa.Table.from_pylist([dict(r) for r in rows if r is not None])
     return SweepResult(configs=configs, table=table, quality=quality, results=results)
+
+
+def estimate_sweep_bytes(
+    data: ReplayData,
+    policy_name: str,
+    configs: Sequence[Mapping[str, Any]],
+    *,
+    escalation: str = "next",
+    initial_model: int = 0,
+) -> int:
+    """Bytes an in-memory sweep of ``configs`` holds: per lane, its routes, ledger and policy state.
+
+    Each configuration replays every sequence of ``data`` (one lane each). A lane keeps two int8
+    routes per position, its cost ledger and its policy state; the state's size is measured on a
+    few sample lanes per run (those with the extreme values of each parameter, since a lane's
+    state, such as a window history, is sized by the largest value in its run).
+    """
+    n, m = data.num_sequences, data.meta.num_models
+    fixed_per_lane = 2 * data.t_max + 49 * m + 16 * int(data.meta.k) + 128  # routes, ledger, step buffers
+    total = 0
+    for members in config_groups(policy_name, configs):
+        group = [configs[i] for i in members]
+        sample = _extreme_configs(group)
+        policy = lane_policy(policy_name, sample, 1, escalation=escalation, initial_model=initial_model)
+        import array_api_compat.numpy as xp
+
+        state_per_lane = _nbytes(policy.init_state(len(sample), xp)) / len(sample)
+        total += len(group) * n * (fixed_per_lane + math.ceil(state_per_lane))
+    return total
+
+
+def _extreme_configs(group: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The first configuration and those holding each numeric parameter's least and greatest value."""
+    picks = {0}
+    for name in {k for c in group for k in c}:
+        keyed = [(c[name], i) for i, c in enumerate(group) if isinstance(c.get(name), (int, float, np.number))]
+        if keyed:
+            picks.update((min(keyed)[1], max(keyed)[1]))
+    return [group[i] for i in sorted(picks)]
+
+
+def _nbytes(tree: Any) -> int:
+    """Bytes of the arrays in a (nested) policy state."""
+    if isinstance(tree, Mapping):
+        return sum(_nbytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(_nbytes(v) for v in tree)
+    return int(getattr(tree, "nbytes", 0))
 
 
 def config_groups(policy_name: str, configs: Sequence[Mapping[str, Any]]) -> list[list[int]]:
@@ -342,8 +413,9 @@ class SweepResult:
 
 def pareto_frontier(table: pa.Table, x: str = "cost_ratio", y: str = "agreement") -> pa.Table:
     """The rows of ``table`` on the Pareto frontier of low ``x`` and high ``y``, sorted by ``x``."""
-    if x not in table.column_names or y not in table.column_names:
-        raise ParameterError(f"the table has no column {x!r} or {y!r}; columns: {table.column_names}")
+    for name in (x, y):
+        if name not in table.column_names:
+            raise ParameterError(f"the table has no column {name!r}; columns: {', '.join(table.column_names)}")
     xs = np.asarray(table.column(x).to_numpy(zero_copy_only=False), float)
     ys = np.asarray(table.column(y).to_numpy(zero_copy_only=False), float)
     order = np.lexsort((-ys, xs))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from ead_sdk.simulators import calibrate, replay, synthetic_traces
 from hypothesis import given, settings
@@ -138,3 +140,14 @@ def test_window_calibration_searches_a_bounded_interval(target):
         assert "in [1, 4096]" in str(err)
     else:
         assert 1 <= res.value <= 4096
+
+
+def test_a_calibration_over_the_memory_budget_is_refused(monkeypatch):
+    """Each round replays every candidate as lanes of one run: past the sweep's memory budget that
+    is refused (naming the remedy), not attempted."""
+    module = importlib.import_module("ead_sdk.simulators.calibrate")
+    monkeypatch.setattr(module, "MEMORY_BUDGET", 10_000)
+    traces = synthetic_traces(10, 20, seed=0)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"unit": "nats"}})
+    with pytest.raises(ParameterError, match=r"calibrating 'window' replays 16 values x 10 sequences .* engine='ray'"):
+        calibrate(traces, policy, "window", target_large_share=0.5, held_out=0.0)

@@ -108,3 +108,10 @@ def test_conforms():
         params={"upper": 1.2, "lower": 0.6, "window": 2, "ema": 0.5, "min_dwell": 1},
         lane_variants=[{"upper": 3.0}, {"lower": 0.1, "ema": 0.0}, {"window": 5, "min_dwell": 3}],
     )
+
+
+def test_window_is_bounded():
+    """window holds that many past entropies per lane: at most 4096 (documented), else ParameterError."""
+    assert HysteresisPolicy(window=4096).params["window"] == 4096
+    with pytest.raises(ParameterError, match="policy 'hysteresis': parameter 'window' must be <= 4096, got 4097"):
+        HysteresisPolicy(window=4097)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Step
 from ead_sdk.testing import check_policy, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
@@ -94,3 +96,10 @@ def test_conforms():
         lane_variants=[{"window": 1}, {"threshold": 2.0, "min_dwell": 0}, {"window": 6, "min_dwell": 4}],
     )
     check_policy(RollingEntropyPolicy, params={"threshold": [0.5, 1.5]}, lane_variants=[{"threshold": [0.2, 3.0]}, {}])
+
+
+def test_window_is_bounded():
+    """window holds that many past entropies per lane: at most 4096 (documented), else ParameterError."""
+    assert RollingEntropyPolicy(window=4096).params["window"] == 4096
+    with pytest.raises(ParameterError, match="policy 'rolling_entropy': parameter 'window' must be <= 4096, got 4097"):
+        RollingEntropyPolicy(window=4097)

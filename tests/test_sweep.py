@@ -6,10 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from ead_sdk.simulators import expand_grid, pareto_frontier, replay, routellm_summary, sweep, synthetic_traces
+from ead_sdk.simulators.replay import ReplayData
+from ead_sdk.simulators.sweep import config_groups, estimate_sweep_bytes, lane_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk import load_policy
+from ead_sdk.cli._app import UserError
+from ead_sdk.cli.offline import parse_grid
 from ead_sdk.errors import ParameterError
 
 
@@ -94,3 +98,80 @@ def test_sweep_routellm_and_frontier_on_labelled_traces():
     summary = result.routellm()
     assert set(summary) == {"apgr", "share_for_50pct_gap", "share_for_80pct_gap"}
     assert result.frontier.num_rows >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=st.integers(-3, 5000) | st.floats(-3, 10, allow_nan=False) | st.sampled_from(["a", "2", True]))
+def test_grid_values_are_validated_like_load_policy(value):
+    """Property: a grid value of a per-lane parameter is accepted exactly when `load_policy`
+    accepts it, refused with the same `ParameterError` message, and never silently cast (an
+    accepted integer-valued float runs as that integer)."""
+    try:
+        want = load_policy({"policy": "rolling_entropy", "params": {"window": value}}).params["window"]
+    except ParameterError as err:
+        with pytest.raises(ParameterError) as got:
+            lane_policy("rolling_entropy", [{"window": value}], 1)
+        assert str(got.value) == str(err)
+        return
+    policy = lane_policy("rolling_entropy", [{"window": value}, {"window": 3}], 2)
+    assert policy.params["window"].tolist() == [want, want, 3, 3]
+
+
+def test_a_fractional_window_is_refused_not_truncated():
+    traces = synthetic_traces(3, 10, seed=0)
+    with pytest.raises(
+        ParameterError, match="policy 'rolling_entropy': parameter 'window' must be an integer, got float 1.5"
+    ):
+        sweep(traces, "rolling_entropy", {"window": [2, 1.5]})
+    with pytest.raises(ParameterError, match="parameter 'window' must be an integer, got str 'a'"):
+        sweep(traces, "rolling_entropy", {"window": ["a", "b"]})
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    windows=st.lists(st.integers(1, 300), min_size=1, max_size=3),
+    thresholds=st.lists(st.floats(0.1, 3.0), min_size=1, max_size=3),
+    units=st.lists(st.sampled_from(["bits", "nats"]), min_size=1, max_size=2, unique=True),
+    seed=st.integers(0, 100),
+)
+def test_the_memory_estimate_covers_what_the_replay_holds(windows, thresholds, units, seed):
+    """Property: the estimate of a sweep's memory is at least the bytes its replays hold per lane
+    (routes, ledger, initial policy state) and within a small factor of them."""
+    traces = synthetic_traces(5, (1, 25), seed=seed)
+    data = ReplayData.from_traces(traces)
+    configs = expand_grid({"window": windows, "threshold": thresholds, "unit": units})
+    estimate = estimate_sweep_bytes(data, "rolling_entropy", configs)
+    held = 0
+    for members in config_groups("rolling_entropy", configs):
+        policy = lane_policy("rolling_entropy", [configs[i] for i in members], data.num_sequences)
+        lanes = len(members) * data.num_sequences
+        result = replay(data, policy, lane_sequence=np.tile(np.arange(data.num_sequences), len(members)))
+        ledger = sum(v.nbytes for v in vars(result.ledger).values() if isinstance(v, np.ndarray))
+        state = sum(v.nbytes for v in policy.init_state(lanes, np).values())
+        held += result.computed_by.nbytes + result.emitted_by.nbytes + ledger + state
+    assert held <= estimate <= 2 * held + 512 * len(configs) * data.num_sequences
+
+
+def test_a_sweep_over_the_memory_budget_is_refused_before_replaying():
+    traces = synthetic_traces(4, 20, seed=0)
+    with pytest.raises(ParameterError, match=r"2 configurations x 4 sequences x 20 positions .* engine='ray'"):
+        sweep(traces, "rolling_entropy", {"threshold": [0.5, 1.0]}, memory_budget=1000)
+    assert sweep(traces, "rolling_entropy", {"threshold": [0.5, 1.0]}, memory_budget=1 << 20).table.num_rows == 2
+
+
+def test_grid_sizes_are_bounded():
+    with pytest.raises(ParameterError, match="the grid has 1,002,001 configurations, more than 1,000,000"):
+        expand_grid({"threshold": range(1001), "window": range(1001)})
+    with pytest.raises(UserError, match="COUNT >= 1 and <= 100,000"):
+        parse_grid(["threshold=1:4:1000000000"])
+    with pytest.raises(UserError, match="COUNT >= 1"):
+        parse_grid(["threshold=1:4:0"])
+    assert len(parse_grid(["threshold=1:4:100000"])["threshold"]) == 100_000
+
+
+def test_an_unknown_quality_names_only_the_missing_column():
+    traces = synthetic_traces(4, 20, seed=0)
+    result = sweep(traces, "rolling_entropy", {"threshold": [0.5, 1.0]}, quality="bogus")
+    with pytest.raises(ParameterError, match=r"^the table has no column 'bogus'; columns: .*agreement") as err:
+        _ = result.frontier
+    assert "'cost_ratio' or" not in str(err.value)

@@ -30,6 +30,10 @@ SUMMARY_KEYS = (
 )
 
 
+MAX_GRID_COUNT = 100_000
+"""The most values one ``--grid NAME=START:STOP:COUNT`` range may have."""
+
+
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     """``['threshold=0.5:3:16', 'window=2,4,8']`` as ``{'threshold': linspace(0.5, 3, 16), 'window': [2, 4, 8]}``.
 
@@ -50,8 +54,10 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
                 lo, hi, count = float(parts[0]), float(parts[1]), int(parts[2])
             except (ValueError, IndexError):
                 raise UserError(f"--grid {item!r}: a range is START:STOP:COUNT with numbers") from None
-            if len(parts) != 3 or count < 1:
-                raise UserError(f"--grid {item!r}: a range is START:STOP:COUNT with COUNT >= 1")
+            if len(parts) != 3 or not 1 <= count <= MAX_GRID_COUNT:
+                raise UserError(
+                    f"--grid {item!r}: a range is START:STOP:COUNT with COUNT >= 1 and <= {MAX_GRID_COUNT:,}"
+                )
             grid[name] = [float(v) for v in np.linspace(lo, hi, count)]
         else:
             grid[name] = [_scalar(v.strip()) for v in values.split(",") if v.strip()]
