@@ -696,6 +696,7 @@ USER_ERRORS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("eval no prompts", ["eval", "--models", "{tmp}", "{tmp}", "-p", "fixed", "-n", "0"], ("--prompts",)),
     ("eval unknown policy", ["eval", "--models", "{tmp}", "{tmp}", "-p", "nope", "-n", "1"], ("unknown policy",)),
     ("demo bad target", ["demo", "--target", "1.5", "--out", "{tmp}/d"], ("--target",)),
+    ("sweep plot not png", ["sweep", "{trace}", "-p", "fixed", "-g", "model=0,1", "--plot", "{tmp}/p"], (".png",)),
     (
         "eval replay-only policy",
         ["eval", "--models", "{tmp}", "{tmp}", "-p", "oracle", "-n", "1"],

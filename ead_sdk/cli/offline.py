@@ -139,6 +139,10 @@ def sweep(
 
     path = default_traces(traces)
     params = parse_grid(grid)
+    if plot is not None:  # checked before the sweep runs
+        if plot.suffix.lower() != ".png":
+            raise UserError(f"--plot {str(plot)!r}: the frontier plot is a PNG; give a path ending in .png")
+        plot.parent.mkdir(parents=True, exist_ok=True)
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: expected local or ray")
     trace_set = read_traces(path, columns=["correct"] if engine == "ray" else None)
@@ -224,8 +228,7 @@ def plot_sweep(rows: list[dict[str, Any]], quality: str, path: Path, title: str)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return path
 
