@@ -19,7 +19,7 @@ from ead_sdk.arrays import Array, as_namespace, to_numpy
 from ead_sdk.backend import Backend, DecodeRequest, Draw, LogprobRequest, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import BackendError, EadError, ModelCountError
-from ead_sdk.interface import Policy, Step
+from ead_sdk.interface import RETRYING, Policy, Step
 
 
 @dataclass(frozen=True)
@@ -344,7 +344,9 @@ def _run(
     live = np.ones(n, bool)
     routes = np.full(n, policy.initial_model, np.int64)
     state = policy.init_state(n, xp, device)
-    retry_mode = policy.escalation == "retry"
+    retry_mode = policy.escalation in RETRYING
+    # retry_token: an escalation re-emits one token; the next position stays with the escalating model.
+    token_only = policy.escalation == "retry_token"
     limits = backend.lane_limits(request)
     if limits is not None:
         live &= np.asarray(limits) > 0
@@ -396,7 +398,7 @@ def _run(
                 )
             emitter = routes.copy()
             computed = [(m, lanes) for m, lanes, _ in draws]
-            # 4. escalation "retry": the larger model recomputes position t and its draw is emitted.
+            # 4. escalation "retry"/"retry_token": the larger model recomputes position t; its draw is emitted.
             if retry_mode:
                 up = active[host_routes[active] > routes[active]]
                 for r in np.unique(host_routes[up]).tolist():
@@ -430,7 +432,7 @@ def _run(
             live[active[done]] = False
             if recorder is not None and done.any():
                 recorder.lanes_done(active[done], tokens, emitters, length)
-            routes[active] = host_routes[active]
+            routes[active] = np.minimum(host_routes[active], routes[active]) if token_only else host_routes[active]
             if events:
                 yield [
                     TokenEvent(i, tok, m, t)

@@ -22,8 +22,10 @@ State = dict[str, Array]
 Routes = Array
 """Integer model indices per lane: 0 is the smallest model, ``M - 1`` the largest."""
 
-Escalation = Literal["next", "retry"]
-ESCALATIONS: tuple[str, ...] = ("next", "retry")
+Escalation = Literal["next", "retry", "retry_token"]
+ESCALATIONS: tuple[str, ...] = ("next", "retry", "retry_token")
+# Modes in which a larger model recomputes and re-emits the token whose step escalated.
+RETRYING: tuple[str, ...] = ("retry", "retry_token")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,10 @@ class Policy(ABC):
     parameter, so a policy object always holds a legal configuration.
 
     Args:
-        escalation: ``"next"`` (a switch to a larger model takes effect from the next token) or
-            ``"retry"`` (the larger model also re-emits the token that triggered the switch).
+        escalation: ``"next"`` (a switch to a larger model takes effect from the next token),
+            ``"retry"`` (the larger model also re-emits the token that triggered the switch) or
+            ``"retry_token"`` (the larger model re-emits only that token; the next position is
+            computed by the model that escalated, as in a per-token fallback).
         initial_model: the model every lane starts on (default 0, the smallest).
         **params: the policy's declared parameters; numeric ones may be per-lane arrays.
     """

@@ -29,7 +29,7 @@ class CostBudgetPolicy(Policy):
 
     The policy counts the tokens it routed in its state. Under ``"retry"`` escalation a switch
     also makes the large model re-emit the current token, so it is granted only if both that
-    token and the next fit in the cap.
+    token and the next fit in the cap; under ``"retry_token"`` only the re-emitted token is large.
     """
 
     name = "cost_budget"
@@ -148,11 +148,14 @@ class CostBudgetPolicy(Policy):
             large = large + xp.astype(on_large, xp.int64)
             weight = weight + xp.where(on_large, xp.ones_like(weight), state["small_weight"])
             fits = xp.astype(large + 1, weight.dtype) <= budget * (weight + 1) + burst
-        else:
+        elif self.escalation == "retry":
             # A switch makes both this (retried) token and the next one large.
             fits = xp.astype(large + 2, weight.dtype) <= budget * (weight + 2) + burst
+        else:
+            # retry_token: a switch makes only this (retried) token large.
+            fits = xp.astype(large + 1, weight.dtype) <= budget * (weight + 1) + burst
         granted = proposal & fits if self.params["mode"] == "hard" else proposal
-        if self.escalation == "retry":
+        if self.escalation != "next":
             emitted_large = on_large | granted
             large = large + xp.astype(emitted_large, xp.int64)
             weight = weight + xp.where(emitted_large, xp.ones_like(weight), state["small_weight"])

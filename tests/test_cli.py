@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from ead_sdk.cli import app
 from ead_sdk.cli._app import UserError
 from ead_sdk.cli.offline import parse_grid
+from ead_sdk.interface import ESCALATIONS
 from ead_sdk.registry import default_registry
 from ead_sdk.specs import load_policy
 from ead_sdk.traces import read_traces, validate_table, write_traces
@@ -201,7 +202,7 @@ def test_replay_reads_a_spec_file_and_prints_a_table(trace_path: Path, tmp_path:
 
 
 @settings(max_examples=8)
-@given(threshold=st.floats(0.0, 4.0), window=st.integers(1, 6), escalation=st.sampled_from(["next", "retry"]))
+@given(threshold=st.floats(0.0, 4.0), window=st.integers(1, 6), escalation=st.sampled_from(ESCALATIONS))
 def test_replay_json_equals_the_simulator_for_any_configuration(
     trace_path: Path, threshold: float, window: int, escalation: str
 ) -> None:

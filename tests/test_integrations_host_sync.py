@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ead_sdk
+from ead_sdk.interface import ESCALATIONS
 
 torch = pytest.importorskip("torch")
 from ead_sdk.integrations.host_sync import forbid_host_sync  # noqa: E402
@@ -49,7 +50,7 @@ def topk_steps(count: int, seed: int = 0):
         )
 
 
-@pytest.mark.parametrize("escalation", ["next", "retry"])
+@pytest.mark.parametrize("escalation", ESCALATIONS)
 @pytest.mark.parametrize("name", LIVE)
 def test_per_lane_parameters_and_topk_steps_decide_on_the_device(name, escalation):
     """With per-lane parameters in the state and top-k steps, decide makes no host sync and

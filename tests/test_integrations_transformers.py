@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from ead_sdk.interface import ESCALATIONS
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -111,7 +113,7 @@ prompt_lists = st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size
 @given(
     prompts=prompt_lists,
     threshold=st.floats(0.3, 2.0),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
     sample=st.booleans(),
     seed=st.integers(0, 2**16),
     eos=st.sampled_from([[], [7], [7, 20]]),

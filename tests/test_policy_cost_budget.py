@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ModelCountError, ParameterError
-from ead_sdk.interface import Step
+from ead_sdk.interface import ESCALATIONS, Step
 from ead_sdk.testing import check_policy, run_episode
 from ead_sdk.testing.strategies import episodes
 
@@ -32,7 +32,7 @@ def assert_within_budget(run, budget, burst, small_weight):
 @given(
     episode=episodes(max_steps=40),
     data=st.data(),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
     inner=st.sampled_from(INNERS),
     measure=st.sampled_from(["tokens", "cost"]),
     per_lane=st.booleans(),
@@ -60,7 +60,7 @@ def test_budget_holds_for_every_prefix(episode, data, escalation, inner, measure
 def test_budget_is_spent_when_the_inner_policy_always_asks():
     """An inner policy that always asks for the large model gets exactly the budget, no more."""
     entropy = np.ones(200)
-    for escalation in ("next", "retry"):
+    for escalation in ESCALATIONS:
         policy = CostBudgetPolicy(
             budget=0.3, burst=2, inner={"policy": "fixed", "params": {"model": 1}}, escalation=escalation
         )
@@ -68,8 +68,8 @@ def test_budget_is_spent_when_the_inner_policy_always_asks():
         for t, e in enumerate(entropy):
             step = Step(entropy=np.array([e]), model=np.array([model]), index=np.array([t]), live=np.array([True]))
             r, state = policy.decide(state, step)
-            emitted.append(max(model, int(r[0])) if escalation == "retry" else model)
-            model = int(r[0])
+            emitted.append(max(model, int(r[0])) if escalation != "next" else model)
+            model = min(model, int(r[0])) if escalation == "retry_token" else int(r[0])
         share = np.mean(np.asarray(emitted) == 1)
         assert 0.27 <= share <= 0.31
         assert int(state["large"][0]) == sum(emitted)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
-from ead_sdk.interface import Step
+from ead_sdk.interface import ESCALATIONS, Step
 from ead_sdk.testing import check_policy, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 
@@ -77,7 +77,7 @@ def test_threshold_in_bits_is_converted_to_nats():
     assert drive(policy, [math.log(2) + 1e-6, math.log(2) - 1e-6], [0, 1]) == [1, 0]
 
 
-@given(episode=episodes(), min_dwell=st.integers(0, 6), escalation=st.sampled_from(["next", "retry"]))
+@given(episode=episodes(), min_dwell=st.integers(0, 6), escalation=st.sampled_from(ESCALATIONS))
 def test_dwell_is_respected_in_closed_loop(episode, min_dwell, escalation):
     """Driving a trace, every stretch on one model (except a lane's last) lasts >= min_dwell tokens."""
     policy = RollingEntropyPolicy(window=2, threshold=0.8, min_dwell=min_dwell, unit="nats", escalation=escalation)

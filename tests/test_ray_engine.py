@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 
+from ead_sdk.interface import ESCALATIONS
+
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'ead-sdk[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ead-sdk[ray]')")
 
@@ -63,7 +65,7 @@ GRID = {"threshold": [0.4, 1.1, 2.5], "window": [1, 4], "unit": ["nats", "bits"]
 @given(
     seed=st.integers(0, 10_000),
     batch_rows=st.integers(1, 9),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
 )
 def test_ray_sweep_equals_the_local_sweep_exactly(ray_local, tmp_path_factory, seed, batch_rows, escalation):
     """Property: on the same Parquet dataset and grid, Ray Data (any batch size, several files,

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ead_sdk import load_policy
 from ead_sdk.errors import ParameterError
+from ead_sdk.interface import ESCALATIONS
 from ead_sdk.traces import compact, write_traces
 
 
@@ -59,7 +60,7 @@ LADDER_GRID = {"threshold": [[0.4, 1.5], [1.0, 2.2]], "window": [1, 4], "unit": 
 @given(
     seed=st.integers(0, 10_000),
     num_models=st.sampled_from([2, 3]),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
     cuts=st.lists(st.integers(0, 12), max_size=5),
     order_seed=st.integers(0, 100),
     max_lanes=st.sampled_from([1, 7, 1 << 16]),

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ead_sdk.interface import ESCALATIONS
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -38,7 +40,7 @@ def median_entropy() -> float:
     return float(entropy(logits).median())
 
 
-@pytest.mark.parametrize("escalation", ["next", "retry"])
+@pytest.mark.parametrize("escalation", ESCALATIONS)
 def test_recorded_trace_replays_to_same_routes_and_costs(tmp_path: Path, escalation: str) -> None:
     """A trace recorded live, decoded again on the trace backend (and by the replay engine when
     installed) with the same policy, gives the same tokens, routes and costs."""

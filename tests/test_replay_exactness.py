@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import ead_sdk
 from ead_sdk import load_policy
+from ead_sdk.interface import ESCALATIONS
 
 SPECS = [
     {"policy": "rolling_entropy", "params": {"threshold": 0.9, "window": 3, "unit": "nats"}},
@@ -24,7 +25,7 @@ SPECS = [
     seed=st.integers(0, 10_000),
     n=st.integers(1, 5),
     spec=st.sampled_from(SPECS),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
 )
 def test_generate_on_the_trace_backend_equals_replay(seed, n, spec, escalation):
     """Property: for any synthetic trace, policy and escalation mode, `ead_sdk.generate` on a

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ead_sdk import load_policy
 from ead_sdk.cost import CostLedger
 from ead_sdk.errors import EadError, ModelCountError
-from ead_sdk.interface import Policy
+from ead_sdk.interface import ESCALATIONS, Policy
 
 engine = sys.modules["ead_sdk.simulators.replay"]
 LEDGER = ("consumed", "steps", "catchup", "wasted", "emitted", "prefill", "used", "switches", "last")
@@ -74,7 +74,7 @@ def lane_policy(name: str, lanes: int, rng: np.random.Generator, escalation: str
     n=st.integers(1, 12),
     tiles=st.integers(1, 3),
     name=st.sampled_from(["rolling_entropy", "hysteresis", "random", "oracle", "confidence", "fixed"]),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
     threads=st.integers(2, 5),
 )
 def test_any_thread_count_gives_the_same_replay(seed, n, tiles, name, escalation, threads):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import ead_sdk
 from ead_sdk import ParameterError, SpecError, SpecVersionError, UnknownPolicyError, load_policy, save_policy
+from ead_sdk.interface import ESCALATIONS
 
 rolling_params = st.fixed_dictionaries(
     {},
@@ -28,7 +29,7 @@ rolling_params = st.fixed_dictionaries(
 )
 
 
-@given(rolling_params, st.sampled_from(["next", "retry"]), st.integers(0, 1))
+@given(rolling_params, st.sampled_from(ESCALATIONS), st.integers(0, 1))
 def test_spec_round_trips_through_json(params, escalation, initial):
     """load_policy(json(policy.spec())).spec() == policy.spec()."""
     policy = load_policy(

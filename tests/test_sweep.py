@@ -15,6 +15,7 @@ from ead_sdk import load_policy
 from ead_sdk.cli._app import UserError
 from ead_sdk.cli.offline import parse_grid
 from ead_sdk.errors import ParameterError
+from ead_sdk.interface import ESCALATIONS
 
 
 @settings(max_examples=10)
@@ -22,7 +23,7 @@ from ead_sdk.errors import ParameterError
     seed=st.integers(0, 1000),
     thresholds=st.lists(st.floats(0.1, 3.0), min_size=1, max_size=3),
     windows=st.lists(st.integers(1, 6), min_size=1, max_size=3),
-    escalation=st.sampled_from(["next", "retry"]),
+    escalation=st.sampled_from(ESCALATIONS),
 )
 def test_sweep_row_equals_a_replay_of_that_configuration(seed, thresholds, windows, escalation):
     """Property: each row of a sweep (all configurations as lanes of one run) equals the summary
