@@ -194,13 +194,13 @@ def _has_defaults(policy: Any) -> bool:
 
 
 def _ordered(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Rows with their table labels; the EAD rule's extra curve points follow its main row, by share."""
+    """Rows with their table labels; the curve policy's extra points follow its main row, by share."""
     curve = sorted((r for r in rows if r.get("curve_only")), key=lambda r: r["target"])
     out = []
     for r in rows:
         if r.get("curve_only"):
             continue
-        out.append((r["label"] + (" retry" if r["escalation"] == "retry" else ""), r))
+        out.append((r["label"] + ("" if r["escalation"] == "next" else " " + r["escalation"]), r))
         if r.get("frontier"):
             out += [(f"  at {c['target']:g}", c) for c in curve]
     return out
@@ -212,12 +212,17 @@ def rows_tables(title: str, rows: list[dict[str, Any]]) -> tuple[Table, Table]:
     ordered = _ordered(rows)
     cost = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     cost.add_column("policy", no_wrap=True)
-    cost.add_column("setting", max_width=18)  # wraps: the numbers must keep their room
+    cost.add_column("setting", max_width=22)  # wraps: the numbers must keep their room
     for col in ("large", "cost", "exact", "soft", "sim"):
         cost.add_column(col, justify="right")
     for label, r in ordered:
+        # The escalation mode goes into the setting here, so the numbers keep their width.
+        name = label if label.startswith(" ") else r["label"]
+        setting = (
+            r["setting"] if r["escalation"] == "next" or name != r["label"] else f"{r['escalation']}\n{r['setting']}"
+        )
         cost.add_row(
-            label, r["setting"], fmt(r["large_share"]), fmt(r["cost_ratio"]), *(fmt(r["quality"][m]) for m in metrics)
+            name, setting, fmt(r["large_share"]), fmt(r["cost_ratio"]), *(fmt(r["quality"][m]) for m in metrics)
         )
     rel = Table(
         title="%L: quality as % of large-only's; gap: % of the small-to-large gap recovered",
@@ -312,7 +317,8 @@ def demo(
     prompts: int = typer.Option(200, "--prompts", "-n", help="held-out prompts evaluated live"),
     target: float = typer.Option(0.4, help="large-model share the thresholds are calibrated to (on the traces)"),
     frontier: str = typer.Option(
-        ",".join(f"{t:g}" for t in FRONTIER_TARGETS), help="further large shares for the EAD rule's curve ('' for none)"
+        ",".join(f"{t:g}" for t in FRONTIER_TARGETS),
+        help="further large shares for the rolling_entropy (retry_token) curve ('' for none)",
     ),
     batch: int = typer.Option(2, min=1, help="prompts decoded together (small is faster on CPU)"),
     max_new_tokens: int = typer.Option(48, min=1, help="the most generated tokens per prompt"),
@@ -362,7 +368,7 @@ def demo(
     curve = ", ".join(f"{t:g}" for t in figures["frontier"])
     title = (
         f"ead demo: {figures['prompts']} held-out prompts, live, greedy; thresholds calibrated on the "
-        f"traces to large share {target:g}" + (f" (EAD rule also at {curve})" if curve else "")
+        f"traces to large share {target:g}" + (f" (entropy rule, retry_token, also at {curve})" if curve else "")
     )
     for table in rows_tables(title, figures["rows"]):
         console.print(table)

@@ -33,11 +33,11 @@ class DemoPolicy:
     set_to_target: str | None = None  # a parameter set to the target share itself (the budget)
 
 
-# The EAD rule with retry is also evaluated at these further large shares: the frontier curve.
+# The entropy rule with per-token retry is also evaluated at these further large shares: the frontier curve.
 FRONTIER_TARGETS = (0.1, 0.2, 0.3, 0.55, 0.75)
 FRONTIER_POLICY = DemoPolicy(
     "rolling_entropy",
-    {"policy": "rolling_entropy", "params": {"window": 1}, "escalation": "retry"},
+    {"policy": "rolling_entropy", "params": {"window": 1}, "escalation": "retry_token"},
     "threshold",
     (0.0, 8.0),
 )
@@ -50,8 +50,14 @@ def demo_policies() -> list[DemoPolicy]:
         DemoPolicy("large only", {"policy": "fixed", "params": {"model": 1}}),
         # One seed for every lane: all lanes draw at the same positions, so p is calibrated like a threshold.
         DemoPolicy("random", {"policy": "random", "params": {"seed": 0}}, "p", (0.0, 1.0)),
-        DemoPolicy("confidence", {"policy": "confidence", "escalation": "retry"}, "threshold", (0.0, 1.0)),
+        DemoPolicy("confidence", {"policy": "confidence", "escalation": "retry_token"}, "threshold", (0.0, 1.0)),
         DemoPolicy("rolling_entropy", {"policy": "rolling_entropy", "params": {"window": 2}}, "threshold", (0.0, 8.0)),
+        DemoPolicy(
+            "rolling_entropy",
+            {"policy": "rolling_entropy", "params": {"window": 1}, "escalation": "retry"},
+            "threshold",
+            (0.0, 8.0),
+        ),
         FRONTIER_POLICY,
         DemoPolicy(
             "hysteresis",
@@ -61,7 +67,7 @@ def demo_policies() -> list[DemoPolicy]:
         ),
         DemoPolicy(
             "top_h",
-            {"policy": "top_h", "params": {"max_kept": 8, "top_n": 8}, "escalation": "retry"},
+            {"policy": "top_h", "params": {"max_kept": 8, "top_n": 8}, "escalation": "retry_token"},
             "min_mass",
             (0.0, 1.0),
         ),
@@ -121,7 +127,7 @@ class DemoRow:
     traces_large_share: float | None
     seconds: float
     spec: dict[str, Any] = field(default_factory=dict)
-    frontier: bool = False  # a point of the EAD rule's curve over several large shares
+    frontier: bool = False  # a point of the curve policy's run over several large shares
     curve_only: bool = False  # evaluated only for that curve (at a share other than the demo's target)
     share_of_large: dict[str, float] = field(default_factory=dict)
     gap_recovered: dict[str, float] = field(default_factory=dict)
@@ -160,7 +166,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Calibrate on the traces, evaluate every demo policy live on ``n`` prompts, return the figures.
 
-    Every policy is calibrated to large share ``target``; the EAD rule with retry is also run at
+    Every policy is calibrated to large share ``target``; the entropy rule with retry_token is also run at
     each share in ``frontier`` (rows marked ``"frontier": True``) to trace its quality/cost curve.
 
     ``on_start(label, prompts)`` is called before each policy, ``on_progress(k)`` as batches finish.
@@ -262,16 +268,16 @@ def plot_frontier(figures: dict[str, Any], path: str | Path) -> Path:
                 [r["gap_recovered"][metric] for r in curve],
                 color="tab:blue",
                 lw=1.2,
-                label="EAD rule (retry) at several targets",
+                label="rolling_entropy (retry_token) at several targets",
             )
         for r in rows:
             if r.get("curve_only"):
                 ax.scatter(r["large_share"], r["gap_recovered"][metric], marker="^", s=20, color="tab:blue", zorder=3)
                 continue
-            marker = "s" if r["label"] in ("small only", "large only") else ("^" if r["escalation"] == "retry" else "o")
+            marker = "s" if r["label"] in ("small only", "large only") else ("o" if r["escalation"] == "next" else "^")
             ax.scatter(r["large_share"], r["gap_recovered"][metric], marker=marker, s=50, zorder=3)
             ax.annotate(
-                f"{r['label']}" + (" (retry)" if r["escalation"] == "retry" else ""),
+                f"{r['label']}" + ("" if r["escalation"] == "next" else f" ({r['escalation']})"),
                 (r["large_share"], r["gap_recovered"][metric]),
                 textcoords="offset points",
                 xytext=(5, 4),
@@ -286,7 +292,7 @@ def plot_frontier(figures: dict[str, Any], path: str | Path) -> Path:
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(
         f"ead demo: live greedy completion of {figures['prompts']} held-out lines "
-        f"(green: goal, >= 80% of the gap with <= 40% large tokens; triangles: retry escalation)",
+        f"(green: goal, >= 80% of the gap with <= 40% large tokens; triangles: retry or retry_token escalation)",
         fontsize=10,
     )
     fig.tight_layout()
