@@ -1,7 +1,7 @@
 """`check_policy`: the conformance check every policy author runs in their own tests.
 
 It drives the policy through synthetic episodes (full-vocabulary and top-k log-probs, lanes
-that finish early, both escalation modes) and checks the contract the SDK relies on.
+that finish early, every escalation mode) and checks the contract the SDK relies on.
 """
 
 from __future__ import annotations
