@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from ead_sdk.arrays import Array, namespace, to_numpy
 from ead_sdk.errors import SignalError
 
@@ -94,7 +96,9 @@ def entropy(logits: Array, unit: Unit = "nats", *, validate: bool = True) -> Arr
     if validate:
         check_logits(x)
     m = xp.max(x, axis=-1, keepdims=True)
-    shifted = x - m
+    # A row spanning the whole float range overflows to -inf here, which is exact (p = 0 there).
+    with np.errstate(over="ignore"):
+        shifted = x - m
     e = xp.exp(shifted)
     s = xp.sum(e, axis=-1, keepdims=True)
     p = e / s

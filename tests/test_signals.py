@@ -124,3 +124,12 @@ def test_topk_bounds_are_exact_for_full_vocabulary():
 def test_unit_conversion_round_trip():
     assert ead_sdk.to_nats(1.0, "bits") == pytest.approx(math.log(2))
     assert ead_sdk.from_nats(ead_sdk.to_nats(2.5, "bits"), "bits") == pytest.approx(2.5)
+
+
+def test_a_row_spanning_the_float_range_is_exact_and_silent():
+    """Logits 1e308 and -1e308: one certain token, entropy 0, no overflow warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(ead_sdk.entropy(np.array([1e308, -1e308]))) == 0.0
