@@ -27,7 +27,10 @@ def atomic_path(dest: Path) -> Path:
     It carries the mode a plain new file would have, so the published file is as readable as
     one written directly (a spec or trace is often read by another user or service).
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:  # name the file the user asked for, not our temporary one
+        raise OSError(exc.errno, exc.strerror, str(dest)) from None
     try:
         os.fchmod(fd, default_file_mode())
     finally:
