@@ -9,7 +9,8 @@ import numpy as np
 
 from ead_sdk.arrays import Array, to_numpy
 from ead_sdk.errors import EadError
-from ead_sdk.interface import Step
+from ead_sdk.interface import State, Step
+from ead_sdk.params import is_lane_array
 
 
 class MissingStepFieldError(EadError, ValueError):
@@ -110,6 +111,36 @@ def has_nonzero(value: Any) -> bool:
     return bool(np.any(np.asarray(to_numpy(value)) != 0))
 
 
-def update_dwell(model: Array, current: Array, dwell: Array, xp: Any) -> Array:
-    """Tokens the model of this step has produced in a row, this one included."""
-    return xp.astype(model == current, dwell.dtype) * dwell + 1
+def window_state(window: Any, n: int, dtype: Any, xp: Any, **kw: Any) -> State:
+    """The empty running window `push_window` keeps for ``n`` lanes: history, ring slot, fill, sum."""
+    wmax = int(window.max()) if is_lane_array(window) else int(window)
+    return {
+        "history": window_history(n, wmax, dtype, xp, **kw),
+        "slot": xp.zeros((n,), dtype=xp.int64, **kw),
+        "fill": xp.zeros((n,), dtype=xp.int64, **kw),
+        "total": xp.zeros((n,), dtype=dtype, **kw),
+    }
+
+
+def dwell_state(min_dwell: Any, n: int, initial_model: int, xp: Any, **kw: Any) -> State:
+    """The dwell counters `route_with_dwell` needs, or none when no lane has a ``min_dwell``."""
+    if not has_nonzero(min_dwell):
+        return {}
+    return {
+        "current": xp.full((n,), initial_model, dtype=xp.int64, **kw),
+        "dwell": xp.zeros((n,), dtype=xp.int64, **kw),
+    }
+
+
+def route_with_dwell(state: State, new: State, model: Array, target: Array, live: Array, xp: Any) -> Array:
+    """``target`` on live lanes, unless the current model has not yet emitted ``min_dwell`` tokens in a row.
+
+    Finished lanes keep their model. The updated counters are written into ``new``.
+    """
+    if "dwell" not in state:
+        return xp.where(live, target, model)
+    dwell = xp.astype(model == state["current"], state["dwell"].dtype) * state["dwell"] + 1
+    new["current"] = xp.where(live, model, state["current"])
+    new["dwell"] = xp.where(live, dwell, state["dwell"])
+    stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
+    return xp.where(stay, model, target)

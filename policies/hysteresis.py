@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from ead_sdk.policies._common import MAX_WINDOW, has_nonzero, push_window, update_dwell, window_history, window_value
+from ead_sdk.policies._common import (
+    MAX_WINDOW,
+    dwell_state,
+    has_nonzero,
+    push_window,
+    route_with_dwell,
+    window_state,
+    window_value,
+)
 
 from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
 from ead_sdk.errors import ParameterError
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
-from ead_sdk.params import Param, is_lane_array
+from ead_sdk.params import Param
 from ead_sdk.signals import to_nats
 
 
@@ -58,8 +66,6 @@ class HysteresisPolicy(Policy):
     def init_state(self, n: int, xp: Any, device: Any = None) -> State:
         xp = as_namespace(xp)
         p = self.lane_params(n, xp, device)
-        window = self.params["window"]
-        wmax = int(window.max()) if is_lane_array(window) else int(window)
         kw = {"device": device} if device is not None else {}
         fdt = default_float(xp)
         unit = self.params["unit"]
@@ -69,16 +75,11 @@ class HysteresisPolicy(Policy):
             "window": p["window"],
             "ema": p["ema"],
             "min_dwell": p["min_dwell"],
-            "history": window_history(n, wmax, fdt, xp, **kw),
-            "slot": xp.zeros((n,), dtype=xp.int64, **kw),
-            "fill": xp.zeros((n,), dtype=xp.int64, **kw),
-            "total": xp.zeros((n,), dtype=fdt, **kw),
+            **window_state(self.params["window"], n, fdt, xp, **kw),
+            **dwell_state(self.params["min_dwell"], n, self.initial_model, xp, **kw),
         }
         if has_nonzero(self.params["ema"]):  # without smoothing the signal is the window mean
             state["signal"] = xp.zeros((n,), dtype=fdt, **kw)
-        if has_nonzero(self.params["min_dwell"]):  # without a min_dwell no lane tracks its dwell
-            state["current"] = xp.full((n,), self.initial_model, dtype=xp.int64, **kw)
-            state["dwell"] = xp.zeros((n,), dtype=xp.int64, **kw)
         return state
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
@@ -102,13 +103,7 @@ class HysteresisPolicy(Policy):
         model = xp.astype(step.model, xp.int64, copy=False)
         target = (signal > state["upper"]) | ((model == 1) & ~(signal < state["lower"]))
         target = xp.astype(target, xp.int64)
-        if "dwell" not in state:  # the current model where the lane is finished, else the target
-            return xp.where(live, target, model), new
-        dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        new["current"] = xp.where(live, model, state["current"])
-        new["dwell"] = xp.where(live, dwell, state["dwell"])
-        stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
-        return xp.where(stay, model, target), new
+        return route_with_dwell(state, new, model, target, live, xp), new
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import MAX_WINDOW, has_nonzero, push_window, update_dwell, window_history, window_value
+from ead_sdk.policies._common import MAX_WINDOW, dwell_state, push_window, route_with_dwell, window_state, window_value
 
 from ead_sdk.arrays import as_namespace, default_float, namespace
 from ead_sdk.hookspecs import hookimpl
@@ -54,8 +54,6 @@ class RollingEntropyPolicy(Policy):
     def init_state(self, n: int, xp: Any, device: Any = None) -> State:
         xp = as_namespace(xp)
         p = self.lane_params(n, xp, device)
-        window = self.params["window"]
-        wmax = int(window.max()) if is_lane_array(window) else int(window)
         threshold = p["threshold"]
         if threshold.ndim == 1:
             threshold = threshold[:, None]
@@ -65,20 +63,10 @@ class RollingEntropyPolicy(Policy):
             "window": p["window"],
             "min_dwell": p["min_dwell"],
             "threshold": to_nats(threshold, self.params["unit"]),
-            "history": window_history(n, wmax, fdt, xp, **kw),
-            "slot": xp.zeros((n,), dtype=xp.int64, **kw),
-            "fill": xp.zeros((n,), dtype=xp.int64, **kw),
-            "total": xp.zeros((n,), dtype=fdt, **kw),
+            **window_state(self.params["window"], n, fdt, xp, **kw),
+            **dwell_state(self.params["min_dwell"], n, self.initial_model, xp, **kw),
         }
-        if self.dwells:
-            state["current"] = xp.full((n,), self.initial_model, dtype=xp.int64, **kw)
-            state["dwell"] = xp.zeros((n,), dtype=xp.int64, **kw)
         return state
-
-    @property
-    def dwells(self) -> bool:
-        """Whether any lane has a ``min_dwell`` (without one no lane tracks its dwell)."""
-        return has_nonzero(self.params["min_dwell"])
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["history"])
@@ -94,13 +82,7 @@ class RollingEntropyPolicy(Policy):
             target = xp.astype(mean > threshold[:, 0], xp.int64)
         else:
             target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
-        if "dwell" not in state:  # the current model where the lane is finished, else the target
-            return xp.where(live, target, model), new
-        dwell = update_dwell(model, state["current"], state["dwell"], xp)
-        new["current"] = xp.where(live, model, state["current"])
-        new["dwell"] = xp.where(live, dwell, state["dwell"])
-        stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
-        return xp.where(stay, model, target), new
+        return route_with_dwell(state, new, model, target, live, xp), new
 
 
 @hookimpl
