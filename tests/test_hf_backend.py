@@ -14,7 +14,6 @@ from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from ead_sdk.arrays import as_namespace  # noqa: E402
 from ead_sdk.backend import Sampling  # noqa: E402
@@ -22,26 +21,14 @@ from ead_sdk.decode import generate, stream  # noqa: E402
 from ead_sdk.errors import BackendError, ModelCountError  # noqa: E402
 from ead_sdk.interface import Policy, Routes, State, Step  # noqa: E402
 from ead_sdk.signals import entropy  # noqa: E402
+from ead_sdk.testing.models import tiny_llama  # noqa: E402
 
 VOCAB = 96
 torch.set_num_threads(1)
 
 
 def tiny(layers: int, hidden: int, vocab: int = VOCAB, seed: int = 0) -> Any:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(layers, hidden, vocab=vocab, seed=seed, max_positions=256)
 
 
 def word_tokenizer(size: int = VOCAB, shift: int = 0) -> Any:

@@ -12,12 +12,13 @@ transformers = pytest.importorskip("transformers")
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList  # noqa: E402
+from transformers import LogitsProcessorList  # noqa: E402
 
 import ead_sdk  # noqa: E402
 from ead_sdk.errors import EadError  # noqa: E402
 from ead_sdk.integrations import PolicyObserver  # noqa: E402
 from ead_sdk.integrations.host_sync import forbid_host_sync  # noqa: E402
+from ead_sdk.testing.models import tiny_llama  # noqa: E402
 from ead_sdk.traces import TraceMeta, TraceWriter, read_traces  # noqa: E402
 
 VOCAB = 64
@@ -26,21 +27,7 @@ torch.set_num_threads(1)
 
 def tiny(layers: int, hidden: int, seed: int) -> Any:
     """A random Llama whose next-token entropies spread over (0, 2.5) nats (initializer_range=1)."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        initializer_range=1.0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(layers, hidden, vocab=VOCAB, seed=seed, initializer_range=1.0)
 
 
 MODEL = tiny(2, 32, seed=3)

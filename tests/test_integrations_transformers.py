@@ -19,11 +19,12 @@ transformers = pytest.importorskip("transformers")
 from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList, MinLengthLogitsProcessor  # noqa: E402
+from transformers import LogitsProcessorList, MinLengthLogitsProcessor  # noqa: E402
 
 import ead_sdk  # noqa: E402
 from ead_sdk.errors import BackendError  # noqa: E402
 from ead_sdk.integrations import EadGenerateOutput, custom_generate_path, ead_generate  # noqa: E402
+from ead_sdk.testing.models import tiny_llama  # noqa: E402
 from ead_sdk.traces import read_traces  # noqa: E402
 
 VOCAB = 64
@@ -33,21 +34,7 @@ torch.set_num_threads(1)
 
 def tiny(layers: int, hidden: int, seed: int) -> Any:
     """A random Llama whose next-token entropies spread over (0, 2.5) nats (initializer_range=1)."""
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        initializer_range=1.0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(layers, hidden, vocab=VOCAB, seed=seed, initializer_range=1.0)
 
 
 SMALL, LARGE = tiny(1, 16, seed=1), tiny(2, 32, seed=3)

@@ -1,4 +1,5 @@
-"""Testing kit for policy authors: synthetic episodes, a conformance check, hypothesis strategies.
+"""Testing kit for policy authors: synthetic episodes, a conformance check, hypothesis strategies,
+and tiny random-initialised models (`tiny_llama`, needs the ``hf`` extra) for live-decoding tests.
 
 ``from ead_sdk.testing import check_policy`` needs numpy only; torch is used when installed.
 The strategies live in `ead_sdk.testing.strategies` and need ``hypothesis``. The pytest plugin
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
     from ead_sdk.testing.episodes import Episode, EpisodeRun, make_episode, run_episode, to_namespace
+    from ead_sdk.testing.models import tiny_llama
 
 _WHERE = {
     "CHECKS": "conformance",
@@ -25,6 +27,7 @@ _WHERE = {
     "make_episode": "episodes",
     "run_episode": "episodes",
     "to_namespace": "episodes",
+    "tiny_llama": "models",
 }
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "check_policy",
     "make_episode",
     "run_episode",
+    "tiny_llama",
     "to_namespace",
 ]
 
