@@ -1,6 +1,6 @@
-"""Testing kit for policy authors: synthetic episodes, a conformance check, hypothesis strategies,
-and tiny random-initialised models (`tiny_llama`, needs the ``hf`` extra) for live-decoding tests.
+"""Testing kit for policy authors: synthetic episodes, a conformance check, strategies, tiny models.
 
+`tiny_llama` builds random-initialised transformers models for live-decoding tests (``hf`` extra).
 ``from ead_sdk.testing import check_policy`` needs numpy only; torch is used when installed.
 The strategies live in `ead_sdk.testing.strategies` and need ``hypothesis``. The pytest plugin
 (`ead_sdk.testing.pytest_plugin`, loaded through the ``pytest11`` entry point in every pytest
