@@ -353,24 +353,9 @@ def test_calibrate_equals_the_simulator_and_its_spec_round_trips(trace_path: Pat
 
 
 def test_calibrate_to_a_cost_ratio_on_the_shipped_trace(demo_trace: Path) -> None:
-    data = ok_json(
-        ead(
-            "calibrate",
-            "--policy",
-            "hysteresis",
-            "--param",
-            "upper",
-            "--target-cost-ratio",
-            "0.5",
-            "--low",
-            "1.0",
-            "--high",
-            "8.0",
-            "--held-out",
-            "0.25",
-            "--json",
-        )
-    )
+    args = ["calibrate", "--policy", "hysteresis", "--param", "upper", "--target-cost-ratio", "0.5"]
+    args += ["--low", "1.0", "--high", "8.0"]
+    data = ok_json(ead(*args, "--held-out", "0.25", "--json"))
     direct = calibrate(
         read_traces(demo_trace),
         load_policy("hysteresis"),
@@ -381,19 +366,7 @@ def test_calibrate_to_a_cost_ratio_on_the_shipped_trace(demo_trace: Path) -> Non
     )
     assert data["metric"] == "cost_ratio" and data["value"] == direct.value
     assert data["sequences"] == list(direct.sequences) and sum(data["sequences"]) == 192
-    text = ead(
-        "calibrate",
-        "--policy",
-        "hysteresis",
-        "--param",
-        "upper",
-        "--target-cost-ratio",
-        "0.5",
-        "--low",
-        "1.0",
-        "--high",
-        "8.0",
-    )
+    text = ead(*args)
     assert text.exit_code == 0 and "hysteresis: upper = " in text.stdout
 
 
