@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Step
-from ead_sdk.testing import check_policy, run_episode
+from ead_sdk.testing import check_policy, decide_along, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 
 TIE = 1e-9
@@ -37,16 +37,6 @@ def reference(entropies, models, upper, lower, window, ema, min_dwell):
     return routes
 
 
-def drive(policy, entropies, models):
-    state = policy.init_state(1, np)
-    out = []
-    for t, (e, m) in enumerate(zip(entropies, models, strict=False)):
-        step = Step(entropy=np.array([e]), model=np.array([m]), index=np.array([t]), live=np.array([True]))
-        r, state = policy.decide(state, step)
-        out.append(int(r[0]))
-    return out
-
-
 @given(
     data=st.data(),
     entropies=entropy_streams(max_size=40),
@@ -62,7 +52,7 @@ def test_matches_reference(data, entropies, lower, gap, window, ema, min_dwell):
     models = data.draw(st.lists(st.integers(0, 1), min_size=len(entropies), max_size=len(entropies)))
     upper = lower + gap
     policy = HysteresisPolicy(upper=upper, lower=lower, window=window, ema=ema, min_dwell=min_dwell, unit="nats")
-    got = drive(policy, entropies, models)
+    got = decide_along(policy, entropies, models)
     want = reference(entropies, models, upper, lower, window, ema, min_dwell)
     assert [g for g, w in zip(got, want, strict=False) if w is not None] == [w for w in want if w is not None]
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
-from ead_sdk.interface import ESCALATIONS, Step
-from ead_sdk.testing import check_policy, run_episode
+from ead_sdk.interface import ESCALATIONS
+from ead_sdk.testing import check_policy, decide_along, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 
 TIE = 1e-9
@@ -36,16 +36,6 @@ def reference_ead(entropies, models, window, thresholds, min_dwell, initial=0):
     return routes
 
 
-def drive(policy, entropies, models):
-    state = policy.init_state(1, np)
-    out = []
-    for t, (e, m) in enumerate(zip(entropies, models, strict=False)):
-        step = Step(entropy=np.array([e]), model=np.array([m]), index=np.array([t]), live=np.array([True]))
-        r, state = policy.decide(state, step)
-        out.append(int(r[0]))
-    return out
-
-
 @given(
     data=st.data(),
     entropies=entropy_streams(max_size=40),
@@ -66,7 +56,7 @@ def test_matches_the_papers_rule(data, entropies, window, min_dwell, ladder):
     policy = RollingEntropyPolicy(
         window=window, threshold=thresholds if ladder else thresholds[0], min_dwell=min_dwell, unit="nats"
     )
-    got = drive(policy, entropies, models)
+    got = decide_along(policy, entropies, models)
     want = reference_ead(entropies, models, window, thresholds, min_dwell)
     assert [g for g, w in zip(got, want, strict=False) if w is not None] == [w for w in want if w is not None]
 
@@ -74,7 +64,7 @@ def test_matches_the_papers_rule(data, entropies, window, min_dwell, ladder):
 def test_threshold_in_bits_is_converted_to_nats():
     """A threshold of 1 bit is ln 2 nats: an entropy just above ln 2 escalates, just below does not."""
     policy = RollingEntropyPolicy(window=1, threshold=1.0, unit="bits")
-    assert drive(policy, [math.log(2) + 1e-6, math.log(2) - 1e-6], [0, 1]) == [1, 0]
+    assert decide_along(policy, [math.log(2) + 1e-6, math.log(2) - 1e-6], [0, 1]) == [1, 0]
 
 
 @given(episode=episodes(), min_dwell=st.integers(0, 6), escalation=st.sampled_from(ESCALATIONS))

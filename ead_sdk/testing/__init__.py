@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
-    from ead_sdk.testing.episodes import Episode, EpisodeRun, make_episode, run_episode, to_namespace
+    from ead_sdk.testing.episodes import Episode, EpisodeRun, decide_along, make_episode, run_episode, to_namespace
     from ead_sdk.testing.models import tiny_llama
 
 _WHERE = {
@@ -24,6 +24,7 @@ _WHERE = {
     "check_policy": "conformance",
     "Episode": "episodes",
     "EpisodeRun": "episodes",
+    "decide_along": "episodes",
     "make_episode": "episodes",
     "run_episode": "episodes",
     "to_namespace": "episodes",
@@ -37,6 +38,7 @@ __all__ = [
     "Episode",
     "EpisodeRun",
     "check_policy",
+    "decide_along",
     "make_episode",
     "run_episode",
     "tiny_llama",

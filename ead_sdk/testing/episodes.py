@@ -166,6 +166,21 @@ class EpisodeRun:
 StepHook = Callable[[int, State, Step, Any, State], None]
 
 
+def decide_along(policy: Policy, entropies: Sequence[float], models: Sequence[int]) -> list[int]:
+    """One lane's routes along a given path: the policy is shown ``entropies[t]`` from ``models[t]``.
+
+    The path is fixed, whatever the policy picks, so a test can compare each decision with a
+    plain-Python reference of the rule on the same inputs.
+    """
+    state = policy.init_state(1, np)
+    out = []
+    for t, (e, m) in enumerate(zip(entropies, models, strict=False)):
+        step = Step(entropy=np.array([e]), model=np.array([m]), index=np.array([t]), live=np.array([True]))
+        r, state = policy.decide(state, step)
+        out.append(int(np.asarray(to_numpy(r))[0]))
+    return out
+
+
 def to_namespace(step: Step, xp: Any, device: Any = None) -> Step:
     """The same `Step` with its arrays in namespace ``xp`` (floats in its default dtype)."""
     xp = as_namespace(xp)
