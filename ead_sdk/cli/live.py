@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,7 @@ def eval_(
     with _bar(as_json) as bar:
         for label, spec in specs:
             job = bar.add_task(label, total=len(items))
+            start = time.perf_counter()
             score = evaluate_live(
                 backend,
                 load_policy(spec),
@@ -284,23 +286,9 @@ def eval_(
                 max_new_tokens=max_new_tokens,
                 progress=lambda k, job=job: bar.advance(job, k),
             )
-            rep = score.report
-            params = _changed_params(load_policy(spec))
-            rows.append(
-                DemoRow(
-                    label=label,
-                    escalation=spec.get("escalation", "next"),
-                    setting=", ".join(f"{k}={v}" for k, v in params.items()),
-                    quality=score.quality,
-                    large_share=rep.large_share,
-                    cost_ratio=rep.cost_ratio,
-                    switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
-                    target=None,
-                    traces_large_share=None,
-                    seconds=0.0,
-                    spec=spec,
-                )
-            )
+            setting = ", ".join(f"{k}={v}" for k, v in _changed_params(load_policy(spec)).items())
+            seconds = time.perf_counter() - start
+            rows.append(DemoRow.of_run(label, spec, setting, score, seconds, target=None, traces_large_share=None))
     relative_measures(rows)
     data = [r.__dict__ for r in rows]
     if as_json:

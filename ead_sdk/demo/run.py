@@ -132,6 +132,25 @@ class DemoRow:
     share_of_large: dict[str, float] = field(default_factory=dict)
     gap_recovered: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def of_run(
+        cls, label: str, spec: dict[str, Any], setting: str, score: Any, seconds: float, **extra: Any
+    ) -> DemoRow:
+        """The row of one live run (a `LiveScore`): its quality and what its routing cost."""
+        rep = score.report
+        return cls(
+            label=label,
+            escalation=spec.get("escalation", "next"),
+            setting=setting,
+            quality=score.quality,
+            large_share=rep.large_share,
+            cost_ratio=rep.cost_ratio,
+            switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
+            seconds=seconds,
+            spec=spec,
+            **extra,
+        )
+
 
 def relative_measures(rows: list[DemoRow]) -> None:
     """Fill each row's quality as a share of large-only's, and the share of the small-large gap recovered."""
@@ -194,24 +213,19 @@ def run_demo(
         score = evaluate_live(
             backend, load_policy(cal.spec), prompts, batch=batch, max_new_tokens=max_new_tokens, progress=on_progress
         )
-        rep = score.report
         rows.append(
-            DemoRow(
-                label=cal.label,
-                escalation=cal.spec.get("escalation", "next"),
-                setting=_setting(cal),
+            DemoRow.of_run(
+                cal.label,
+                cal.spec,
+                _setting(cal),
+                score,
+                time.perf_counter() - start,
                 target=None if cal.label in ("small only", "large only") else cal.target,
-                quality=score.quality,
-                large_share=rep.large_share,
-                cost_ratio=rep.cost_ratio,
-                switches_per_1k=1000.0 * rep.switches / max(rep.tokens, 1),
                 traces_large_share=cal.traces_large_share,
-                seconds=time.perf_counter() - start,
-                spec=cal.spec,
+                frontier=cal.source is FRONTIER_POLICY,
+                curve_only=cal in extra,
             )
         )
-        rows[-1].frontier = cal.source is FRONTIER_POLICY
-        rows[-1].curve_only = cal in extra
     relative_measures(rows)
     import platform
 
