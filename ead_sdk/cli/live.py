@@ -182,16 +182,11 @@ def _check_writable_dir(path: Path) -> None:
 
 def _changed_params(policy: Any) -> dict[str, Any]:
     """The parameters that differ from the policy's defaults (the table's "setting" stays short)."""
-    defaults = type(policy)(escalation=policy.escalation).spec()["params"] if _has_defaults(policy) else {}
-    return {k: v for k, v in policy.spec().get("params", {}).items() if defaults.get(k, object()) != v}
-
-
-def _has_defaults(policy: Any) -> bool:
     try:
-        type(policy)(escalation=policy.escalation)
-    except EadError:  # a parameter without a default
-        return False
-    return True
+        defaults = type(policy)(escalation=policy.escalation).spec()["params"]
+    except EadError:  # a parameter without a default: show them all
+        defaults = {}
+    return {k: v for k, v in policy.spec().get("params", {}).items() if defaults.get(k, object()) != v}
 
 
 def _ordered(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -346,7 +341,6 @@ def demo(
             on_start=on_start,
             on_progress=lambda k: bar.advance(state["job"], k),
         )
-    out.mkdir(parents=True, exist_ok=True)
     png = plot_frontier(figures, out / "frontier.png")
     figures["plot"] = str(png)
     (out / "figures.json").write_text(to_json(figures) + "\n", encoding="utf-8")
