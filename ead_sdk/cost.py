@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.errors import EadError
+from ead_sdk.errors import CostModelError
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,16 @@ class CostModel:
     def __post_init__(self) -> None:
         costs = tuple(float(c) for c in self.costs)
         if not costs or any(not np.isfinite(c) or c <= 0 for c in costs):
-            raise EadError(f"model costs must be positive and finite, got {self.costs!r}")
+            raise CostModelError(f"model costs must be positive and finite, got {self.costs!r}")
         if self.names is not None and len(self.names) != len(costs):
-            raise EadError(f"{len(self.names)} model names for {len(costs)} model costs")
+            raise CostModelError(f"{len(self.names)} model names for {len(costs)} model costs")
         object.__setattr__(self, "costs", costs)
         if self.catchup_costs is not None:
             catchup = tuple(float(c) for c in self.catchup_costs)
             if len(catchup) != len(costs):
-                raise EadError(f"{len(catchup)} catch-up costs for {len(costs)} model costs")
+                raise CostModelError(f"{len(catchup)} catch-up costs for {len(costs)} model costs")
             if any(not np.isfinite(c) or c < 0 for c in catchup):
-                raise EadError(f"catch-up costs must be finite and >= 0, got {self.catchup_costs!r}")
+                raise CostModelError(f"catch-up costs must be finite and >= 0, got {self.catchup_costs!r}")
             object.__setattr__(self, "catchup_costs", catchup)
 
     @classmethod
@@ -142,7 +142,7 @@ class CostLedger:
         position = np.asarray(position, np.int64)
         behind = position - self.consumed[lanes, models]
         if np.any(behind < 0):
-            raise EadError("a model was asked to compute a position it has already passed")
+            raise CostModelError("a model was asked to compute a position it has already passed")
         first = ~self.used[lanes, models]
         self.prefill[lanes[first], models[first]] += np.maximum(self.prompt_lengths[lanes[first]] - 1, 0)
         self.used[lanes, models] = True
@@ -167,7 +167,7 @@ class CostLedger:
     # -- reports --------------------------------------------------------------------------
     def _check(self, cost_model: CostModel) -> np.ndarray:
         if cost_model.num_models != self.num_models:
-            raise EadError(f"cost model has {cost_model.num_models} models, ledger has {self.num_models}")
+            raise CostModelError(f"cost model has {cost_model.num_models} models, ledger has {self.num_models}")
         return np.asarray(cost_model.costs)
 
     def per_lane(self, cost_model: CostModel) -> dict[str, np.ndarray]:

@@ -18,7 +18,14 @@ import numpy as np
 from ead_sdk.arrays import Array, as_namespace, to_numpy
 from ead_sdk.backend import Backend, DecodeRequest, Draw, LogprobRequest, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.errors import BackendError, EadError, ModelCountError
+from ead_sdk.errors import (
+    ArgumentTypeError,
+    BackendError,
+    CostModelError,
+    DecodeStreamError,
+    ModelCountError,
+    ReplayOnlyPolicyError,
+)
 from ead_sdk.interface import RETRYING, Policy, Step
 
 
@@ -106,7 +113,7 @@ class DecodeStream:
         for _ in self._run:
             pass
         if "result" not in self._box:
-            raise EadError("the decode stream was closed before it finished")
+            raise DecodeStreamError("the decode stream was closed before it finished")
         return self._box["result"]
 
     def close(self) -> None:
@@ -214,9 +221,9 @@ def _start(
     record_k: int,
 ) -> DecodeStream:
     if not isinstance(policy, Policy):
-        raise EadError(f"policy must be an ead_sdk.Policy, got {type(policy).__name__}")
+        raise ArgumentTypeError(f"policy must be an ead_sdk.Policy, got {type(policy).__name__}")
     if getattr(policy, "replay_only", False):
-        raise ModelCountError(
+        raise ReplayOnlyPolicyError(
             f"policy {policy.name!r} reads replay-only look-ahead (Step.future) and cannot decode live"
         )
     policy.check_models(backend.num_models)
@@ -231,7 +238,7 @@ def _start(
     if cost_model is None:
         cost_model = CostModel.from_param_counts(backend.param_counts, backend.model_names)
     elif cost_model.num_models != backend.num_models:
-        raise EadError(f"cost model has {cost_model.num_models} models, backend has {backend.num_models}")
+        raise CostModelError(f"cost model has {cost_model.num_models} models, backend has {backend.num_models}")
     recorder = None
     if record is not None:
         from ead_sdk.recording import LiveRecorder

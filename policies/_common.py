@@ -8,13 +8,9 @@ from typing import Any
 import numpy as np
 
 from ead_sdk.arrays import Array, to_numpy
-from ead_sdk.errors import EadError
+from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.interface import State, Step
 from ead_sdk.params import is_lane_array
-
-
-class MissingStepFieldError(EadError, ValueError):
-    """A policy needs a `Step` field (``logprobs``, ``future``) that the caller left empty."""
 
 
 def require_logprobs(step: Step, policy: str) -> Array:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import MissingStepFieldError
-
 from ead_sdk.arrays import as_namespace, namespace
+from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.state import mask_state

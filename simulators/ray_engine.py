@@ -26,7 +26,7 @@ import pyarrow as pa
 from ead_sdk.simulators.totals import ReplayTotals, Totals, error_table, merge_table, totals_table
 
 from ead_sdk.cost import CostModel
-from ead_sdk.errors import EadError, ParameterError, TraceError
+from ead_sdk.errors import CostModelError, EadError, ParameterError, RayUnavailableError, TraceError
 from ead_sdk.interface import Policy
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from ead_sdk.simulators.sweep import Progress, SweepResult
 
 Source = TraceSet | str | os.PathLike[str]
-
-
-class RayUnavailableError(EadError, ImportError):
-    """``engine="ray"`` was asked for but Ray Data is not installed."""
 
 
 def connect(address: str | None = None) -> ModuleType:
@@ -328,7 +324,7 @@ def _meta_of(source: Source | Any) -> TraceMeta:
 
 def _check_costs(cost_model: CostModel, meta: TraceMeta) -> None:
     if cost_model.num_models != meta.num_models:
-        raise EadError(f"cost model has {cost_model.num_models} models, the trace has {meta.num_models}")
+        raise CostModelError(f"cost model has {cost_model.num_models} models, the trace has {meta.num_models}")
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from ead_sdk.simulators.ledger import fill_ledger
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.errors import EadError, ModelCountError, TraceError
+from ead_sdk.errors import CostModelError, EngineError, ModelCountError, RouteError, TraceError
 from ead_sdk.interface import RETRYING, Policy, Step
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
@@ -184,14 +184,14 @@ def replay(
     """
     if engine == "ray":
         if lane_sequence is not None:
-            raise EadError("engine='ray' replays each sequence once; lane_sequence is for the local engine")
+            raise EngineError("engine='ray' replays each sequence once; lane_sequence is for the local engine")
         from ead_sdk.simulators.ray_engine import ray_replay
 
         return ray_replay(
             traces, policy, cost_model=cost_model, with_topk=with_topk, address=address, batch_rows=batch_rows
         )
     if engine != "local":
-        raise EadError(f"engine must be 'local' or 'ray', got {engine!r}")
+        raise EngineError(f"engine must be 'local' or 'ray', got {engine!r}")
     data = ReplayData.from_traces(traces, with_topk=with_topk)
     meta = data.meta
     m_count = meta.num_models
@@ -199,13 +199,13 @@ def replay(
     if cost_model is None:
         cost_model = meta.cost_model()
     elif cost_model.num_models != m_count:
-        raise EadError(f"cost model has {cost_model.num_models} models, the trace has {m_count}")
+        raise CostModelError(f"cost model has {cost_model.num_models} models, the trace has {m_count}")
     seq = np.arange(data.num_sequences) if lane_sequence is None else np.asarray(lane_sequence, np.int64)
     if seq.ndim != 1 or (seq.size and (int(seq.min()) < 0 or int(seq.max()) >= data.num_sequences)):
-        raise EadError(f"lane_sequence must be a 1-d array of sequence indices in [0, {data.num_sequences})")
+        raise EngineError(f"lane_sequence must be a 1-d array of sequence indices in [0, {data.num_sequences})")
     threads = default_threads() if threads is None else threads
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise EadError(f"threads must be an integer >= 1, got {threads!r}")
+        raise EngineError(f"threads must be an integer >= 1, got {threads!r}")
     threads = int(threads)
     n, t_max = int(seq.shape[0]), data.t_max
     computed = np.full((t_max, n), -1, np.int8)
@@ -350,7 +350,7 @@ def _run(
         routes, state = policy.decide(state, step)
         routes = np.asarray(to_numpy(routes))
         if routes.shape != (n,):
-            raise EadError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
+            raise RouteError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
         if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
             lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
         else:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.errors import EadError
+from ead_sdk.errors import EadError, EngineError
 
 if TYPE_CHECKING:
     from ead_sdk.simulators.replay import ReplayResult
@@ -87,7 +87,7 @@ class Totals:
             value = getattr(self, name)
             arr = np.zeros(self.num_models, np.int64) if value is None else np.asarray(value, np.int64)
             if arr.shape != (self.num_models,):
-                raise EadError(f"totals: {name} has shape {arr.shape}, expected ({self.num_models},)")
+                raise EngineError(f"totals: {name} has shape {arr.shape}, expected ({self.num_models},)")
             setattr(self, name, arr)
 
     @classmethod
@@ -118,7 +118,7 @@ class Totals:
     def merge(self, other: Totals) -> Totals:
         """Add ``other`` into these totals (exactly; the order of merges does not matter)."""
         if other.num_models != self.num_models:
-            raise EadError(f"cannot merge totals of {other.num_models} and {self.num_models} models")
+            raise EngineError(f"cannot merge totals of {other.num_models} and {self.num_models} models")
         self.sequences += other.sequences
         for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))

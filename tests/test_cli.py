@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ead_sdk.cli import app
-from ead_sdk.cli._app import UserError
 from ead_sdk.cli.offline import parse_grid
+from ead_sdk.errors import UserError
 from ead_sdk.interface import ESCALATIONS
 from ead_sdk.registry import default_registry
 from ead_sdk.specs import load_policy

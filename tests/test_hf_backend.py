@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 from ead_sdk.arrays import as_namespace  # noqa: E402
 from ead_sdk.backend import Sampling  # noqa: E402
 from ead_sdk.decode import generate, stream  # noqa: E402
-from ead_sdk.errors import BackendError, ModelCountError  # noqa: E402
+from ead_sdk.errors import BackendError, ModelCountError, ReplayOnlyPolicyError  # noqa: E402
 from ead_sdk.interface import Policy, Routes, State, Step  # noqa: E402
 from ead_sdk.signals import entropy  # noqa: E402
 from ead_sdk.testing.models import tiny_llama  # noqa: E402
@@ -294,7 +294,7 @@ def test_bad_input_errors() -> None:
     class Oracle(TokenMod):
         replay_only = True
 
-    with pytest.raises(ModelCountError, match="replay-only"):
+    with pytest.raises(ReplayOnlyPolicyError, match="replay-only"):
         generate(pair(), Oracle(), [[5]], max_new_tokens=2)
 
     broken = tiny(2, 32, seed=5)

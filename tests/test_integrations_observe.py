@@ -215,7 +215,7 @@ def test_prompt_padding_is_stripped_without_a_mask():
 def test_misuse_is_refused_clearly():
     with pytest.raises(EadError, match="model_index"):
         PolicyObserver(POLICY, model_index=2)
-    with pytest.raises(EadError, match="replay-only"):
+    with pytest.raises(ead_sdk.ReplayOnlyPolicyError, match="replay-only"):
         PolicyObserver("oracle")
     with pytest.raises(EadError, match="parameter count"):
         PolicyObserver(POLICY, record="x.arrows")

@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk import load_policy
-from ead_sdk.cli._app import UserError
 from ead_sdk.cli.offline import parse_grid
-from ead_sdk.errors import ParameterError
+from ead_sdk.errors import ParameterError, UserError
 from ead_sdk.interface import ESCALATIONS
 
 

@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, to_json, user_errors
+from ead_sdk.cli._app import app, console, echo_json, fmt, to_json, user_errors
 from ead_sdk.demo.run import FRONTIER_TARGETS
-from ead_sdk.errors import EadError
+from ead_sdk.errors import EadError, UserError
 
 MODELS_HELP = "the small and the large model (local paths; default: the embedded demo pair)"
 MODEL_STYLES = ("cyan", "bold magenta", "bold yellow", "bold red")

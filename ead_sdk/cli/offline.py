@@ -11,7 +11,8 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from ead_sdk.cli._app import UserError, app, console, default_traces, echo_json, fmt, user_errors
+from ead_sdk.cli._app import app, console, default_traces, echo_json, fmt, user_errors
+from ead_sdk.errors import UserError
 
 TRACES_HELP = "a trace file or Parquet dataset (default: the embedded demo traces)"
 SUMMARY_KEYS = (

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ead_sdk.errors import EadError
+from ead_sdk.errors import HostSyncError
 
 # Tensor operations that copy a value to the host, or whose output shape depends on values.
 SYNCING_OPS = frozenset(
@@ -35,10 +35,6 @@ SYNCING_OPS = frozenset(
         "repeat_interleave",
     }
 )
-
-
-class HostSyncError(EadError):
-    """Code that must stay on the device asked for a value on the host."""
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from transformers import LogitsProcessor
 
 from ead_sdk.backend import LogprobRequest
 from ead_sdk.backends.hf import entropy_of
-from ead_sdk.errors import BackendError, EadError
+from ead_sdk.errors import ArgumentTypeError, BackendError, ObserverError, ReplayOnlyPolicyError
 from ead_sdk.interface import Policy, Step
 from ead_sdk.specs import load_policy
 
@@ -140,15 +140,17 @@ class PolicyObserver(LogitsProcessor):
     ):
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         if getattr(self.policy, "replay_only", False):
-            raise EadError(f"policy {self.policy.name!r} reads replay-only look-ahead and cannot observe live decoding")
+            raise ReplayOnlyPolicyError(
+                f"policy {self.policy.name!r} reads replay-only look-ahead and cannot observe live decoding"
+            )
         if isinstance(model_index, bool) or not isinstance(model_index, int) or not 0 <= model_index < num_models:
-            raise EadError(f"model_index must be an integer in [0, {num_models}), got {model_index!r}")
+            raise ObserverError(f"model_index must be an integer in [0, {num_models}), got {model_index!r}")
         self.policy.check_models(num_models)
         bad_k = isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 1
         if logprobs is not None and logprobs != "full" and bad_k:
-            raise EadError(f"logprobs must be None, 'full' or an integer >= 1, got {logprobs!r}")
+            raise ObserverError(f"logprobs must be None, 'full' or an integer >= 1, got {logprobs!r}")
         if isinstance(record_k, bool) or not isinstance(record_k, int) or record_k < 0:
-            raise EadError(f"record_k must be an integer >= 0, got {record_k!r}")
+            raise ObserverError(f"record_k must be an integer >= 0, got {record_k!r}")
         self.model_index, self.num_models = model_index, num_models
         self.logprobs, self.record_k = logprobs, record_k
         gen = getattr(model, "generation_config", None)
@@ -169,12 +171,14 @@ class PolicyObserver(LogitsProcessor):
         if record is not None and not isinstance(record, (str, os.PathLike)):
             meta = getattr(record, "meta", None)
             if meta is None or not callable(getattr(record, "write", None)):
-                raise EadError(f"record must be a path or a TraceWriter, got {type(record).__name__}")
+                raise ArgumentTypeError(f"record must be a path or a TraceWriter, got {type(record).__name__}")
             if meta.num_models != 1:
-                raise EadError(f"the observer writes single-model traces; the TraceWriter has {meta.num_models} models")
+                raise ObserverError(
+                    f"the observer writes single-model traces; the TraceWriter has {meta.num_models} models"
+                )
             self._writer, self.record_k = record, int(meta.k)
         elif record is not None and (param_count is None or param_count < 1):
-            raise EadError("recording a trace needs the model's parameter count: pass model= or param_count=")
+            raise ObserverError("recording a trace needs the model's parameter count: pass model= or param_count=")
         self._run: _Run | None = None
         self._sequences = 0
 
@@ -242,13 +246,13 @@ class PolicyObserver(LogitsProcessor):
         """
         run = self._run
         if run is None or run.steps == 0:
-            raise EadError("PolicyObserver.finish: no generate call was observed (is it in logits_processor?)")
+            raise ObserverError("PolicyObserver.finish: no generate call was observed (is it in logits_processor?)")
         seq = getattr(output, "sequences", output)
         if not isinstance(seq, torch.Tensor) or seq.ndim != 2 or seq.shape[0] != run.n:
-            raise EadError(f"PolicyObserver.finish: expected the ({run.n}, length) ids generate returned")
+            raise ObserverError(f"PolicyObserver.finish: expected the ({run.n}, length) ids generate returned")
         total = int(seq.shape[1]) - run.plen
         if total < 1 or total > run.steps or not torch.equal(seq[:, : run.plen].to(run.device), run.prompt):
-            raise EadError(
+            raise ObserverError(
                 f"PolicyObserver.finish: these sequences are not the observed call's "
                 f"({run.steps} steps observed after a {run.plen}-token prompt, got length {seq.shape[1]})"
             )
@@ -301,7 +305,7 @@ class PolicyObserver(LogitsProcessor):
 
         writer = self._writer or self._open(vocab)
         if int(writer.meta.vocab_size) != vocab:
-            raise EadError(f"the trace writer's vocabulary is {writer.meta.vocab_size}; the scores have {vocab}")
+            raise ObserverError(f"the trace writer's vocabulary is {writer.meta.vocab_size}; the scores have {vocab}")
         for i, lane in enumerate(lanes):
             t = lane.tokens.size
             top = {}

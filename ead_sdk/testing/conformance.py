@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ead_sdk.arrays import to_numpy
-from ead_sdk.errors import EadError
+from ead_sdk.errors import ConformanceError
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import ESCALATIONS, Policy, State, Step
 from ead_sdk.params import is_lane_array
@@ -36,10 +36,6 @@ CHECKS = (
     "spec_roundtrip",
     "numpy_vs_torch",
 )
-
-
-class ConformanceError(EadError, AssertionError):
-    """A policy broke the policy contract; the message names the check, the step and the lane."""
 
 
 @dataclass(frozen=True)

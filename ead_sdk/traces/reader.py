@@ -18,17 +18,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from ead_sdk.errors import TraceError
+from ead_sdk.errors import TraceError, TraceWarning
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 from ead_sdk.traces.validate import check_schema, validate_batch
 
 Format = Literal["parquet", "parquet-dataset", "ipc-file", "ipc-stream"]
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-
-
-class TraceWarning(UserWarning):
-    """A trace was read only in part (a truncated or unterminated stream)."""
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
