@@ -27,10 +27,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+
 from ead_sdk.simulators import sweep, sweep_totals, synthetic_traces  # noqa: E402
 from ead_sdk.simulators.replay import ReplayData  # noqa: E402
 from ead_sdk.simulators.sweep import expand_grid, replay_columns  # noqa: E402
-
 from ead_sdk.traces import TraceSet, iter_trace_batches, read_meta, write_traces  # noqa: E402
 
 GRID = {"window": list(range(1, 9)), "threshold": [float(t) for t in np.linspace(0.4, 2.2, 8)], "unit": ["nats"]}

@@ -23,6 +23,7 @@ from collections import deque
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
 from ead_sdk.policies.hysteresis import HysteresisPolicy  # noqa: E402
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy  # noqa: E402
 from ead_sdk.simulators import replay, synthetic_traces  # noqa: E402

@@ -7,6 +7,7 @@ a third-party plugin does. Import the classes from here for type checks or subcl
 
 from __future__ import annotations
 
+from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.policies.confidence import ConfidencePolicy
 from ead_sdk.policies.cost_budget import CostBudgetPolicy
 from ead_sdk.policies.fixed import FixedPolicy
@@ -15,8 +16,6 @@ from ead_sdk.policies.oracle import OraclePolicy
 from ead_sdk.policies.random import RandomPolicy
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from ead_sdk.policies.top_h import TopHKept, TopHPolicy, top_h_kept
-
-from ead_sdk.errors import MissingStepFieldError
 
 __all__ = [
     "ConfidencePolicy",

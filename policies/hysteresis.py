@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
+from ead_sdk.errors import ParameterError
+from ead_sdk.hookspecs import hookimpl
+from ead_sdk.interface import Policy, Routes, State, Step
+from ead_sdk.params import Param
 from ead_sdk.policies._common import (
     MAX_WINDOW,
     dwell_state,
@@ -14,12 +20,6 @@ from ead_sdk.policies._common import (
     window_state,
     window_value,
 )
-
-from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
-from ead_sdk.errors import ParameterError
-from ead_sdk.hookspecs import hookimpl
-from ead_sdk.interface import Policy, Routes, State, Step
-from ead_sdk.params import Param
 from ead_sdk.signals import to_nats
 
 

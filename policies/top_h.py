@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ead_sdk.policies._common import require_logprobs
 
 from ead_sdk.arrays import Array, as_namespace, is_torch, namespace, to_numpy
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
+from ead_sdk.policies._common import require_logprobs
 from ead_sdk.state import mask_state
 
 VARIANTS = ("reference", "transformers")

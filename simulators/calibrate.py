@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ead_sdk.simulators.replay import ReplayData, replay
-from ead_sdk.simulators.sweep import MEMORY_BUDGET, estimate_sweep_bytes, lane_policy
 
 from ead_sdk.cost import CostModel, CostReport
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Policy
+from ead_sdk.simulators.replay import ReplayData, replay
+from ead_sdk.simulators.sweep import MEMORY_BUDGET, estimate_sweep_bytes, lane_policy
 from ead_sdk.traces.reader import read_meta
 from ead_sdk.traces.traceset import TraceSet
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from ead_sdk.simulators.totals import ReplayTotals, Totals, error_table, merge_table, totals_table
 
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import CostModelError, EadError, ParameterError, RayUnavailableError, TraceError
 from ead_sdk.interface import Policy
+from ead_sdk.simulators.totals import ReplayTotals, Totals, error_table, merge_table, totals_table
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 
@@ -149,7 +149,6 @@ def replay_batch(
 ) -> pa.Table:
     """Worker side of a replay: the `Totals` of one policy (built from its spec) on one batch."""
     from ead_sdk.simulators.replay import ReplayData, replay
-
     from ead_sdk.specs import load_policy
 
     try:
@@ -280,9 +279,8 @@ def ray_replay(
     The policy travels as its JSON spec and is rebuilt on each worker, so its parameters must be
     scalars (per-lane arrays belong to a sweep) and its plugin installed on every worker.
     """
-    from ead_sdk.simulators.sweep import replay_columns
-
     from ead_sdk.params import is_lane_array
+    from ead_sdk.simulators.sweep import replay_columns
 
     for name, value in policy.params.items():
         if is_lane_array(value):

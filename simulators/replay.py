@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ead_sdk.simulators.ledger import fill_ledger
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import CostModelError, EngineError, ModelCountError, RouteError, TraceError
 from ead_sdk.interface import RETRYING, Policy, Step
+from ead_sdk.simulators.ledger import fill_ledger
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
 

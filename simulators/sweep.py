@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from ead_sdk.simulators.metrics import routellm_summary
-from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
-from ead_sdk.simulators.totals import Totals
 
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import ParameterError
 from ead_sdk.registry import default_registry
+from ead_sdk.simulators.metrics import routellm_summary
+from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
+from ead_sdk.simulators.totals import Totals
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 

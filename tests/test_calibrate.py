@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from ead_sdk.simulators import calibrate, replay, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk import load_policy
 from ead_sdk.errors import ParameterError
+from ead_sdk.simulators import calibrate, replay, synthetic_traces
 
 
 @settings(max_examples=8)

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -24,6 +23,7 @@ from ead_sdk.cli.offline import parse_grid
 from ead_sdk.errors import UserError
 from ead_sdk.interface import ESCALATIONS
 from ead_sdk.registry import default_registry
+from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces
 from ead_sdk.specs import load_policy
 from ead_sdk.traces import read_traces, validate_table, write_traces
 

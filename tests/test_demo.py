@@ -295,7 +295,6 @@ def test_the_tokenizer_round_trips_arbitrary_bytes(tok: Any, data: bytes) -> Non
 def test_the_committed_tokenizer_is_the_script_s(tok: Any) -> None:
     """The committed tokenizer equals `build_tokenizer()`, and both models carry identical copies of its files."""
     from ead_sdk.backends.hf import tokenizer_fingerprint
-
     from ead_sdk.demo.tokenizer import build_tokenizer, check_tokenizer
 
     check_tokenizer(tok)

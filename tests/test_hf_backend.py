@@ -10,16 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
-from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ead_sdk.arrays import as_namespace  # noqa: E402
 from ead_sdk.backend import Sampling  # noqa: E402
+from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.decode import generate, stream  # noqa: E402
 from ead_sdk.errors import BackendError, ModelCountError, ReplayOnlyPolicyError  # noqa: E402
 from ead_sdk.interface import Policy, Routes, State, Step  # noqa: E402
+from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from ead_sdk.signals import entropy  # noqa: E402
 from ead_sdk.testing.models import tiny_llama  # noqa: E402
 

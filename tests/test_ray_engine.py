@@ -15,12 +15,12 @@ from ead_sdk.interface import ESCALATIONS
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'ead-sdk[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ead-sdk[ray]')")
 
-from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ead_sdk import load_policy  # noqa: E402
 from ead_sdk.errors import EadError, ParameterError, TraceError  # noqa: E402
+from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces  # noqa: E402
 from ead_sdk.traces import compact, write_traces  # noqa: E402
 
 
@@ -175,7 +175,6 @@ def test_ray_tasks_record_one_shard_each_and_the_compacted_dataset_replays_on_ra
 
     def record(directory: str, meta_json: str, seed: int) -> str:
         from ead_sdk.simulators import synthetic_traces
-
         from ead_sdk.traces import ShardedTraceWriter, TraceMeta
 
         meta = TraceMeta.from_json(meta_json)

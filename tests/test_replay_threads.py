@@ -7,10 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from ead_sdk.policies.hysteresis import HysteresisPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
-from ead_sdk.simulators import fill_ledger, replay, sweep, synthetic_traces
-from ead_sdk.simulators.replay import default_threads, lane_blocks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +14,10 @@ from ead_sdk import load_policy
 from ead_sdk.cost import CostLedger
 from ead_sdk.errors import EadError, ModelCountError
 from ead_sdk.interface import ESCALATIONS, Policy
+from ead_sdk.policies.hysteresis import HysteresisPolicy
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+from ead_sdk.simulators import fill_ledger, replay, sweep, synthetic_traces
+from ead_sdk.simulators.replay import default_threads, lane_blocks
 
 engine = sys.modules["ead_sdk.simulators.replay"]
 LEDGER = ("consumed", "steps", "catchup", "wasted", "emitted", "prefill", "used", "switches", "last")

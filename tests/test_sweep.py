@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from ead_sdk.simulators import expand_grid, pareto_frontier, replay, routellm_summary, sweep, synthetic_traces
-from ead_sdk.simulators.replay import ReplayData
-from ead_sdk.simulators.sweep import config_groups, estimate_sweep_bytes, lane_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +12,9 @@ from ead_sdk import load_policy
 from ead_sdk.cli.offline import parse_grid
 from ead_sdk.errors import ParameterError, UserError
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.simulators import expand_grid, pareto_frontier, replay, routellm_summary, sweep, synthetic_traces
+from ead_sdk.simulators.replay import ReplayData
+from ead_sdk.simulators.sweep import config_groups, estimate_sweep_bytes, lane_policy
 
 
 @settings(max_examples=10)

@@ -6,18 +6,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ead_sdk.backends.trace import TraceBackend
-from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
-from ead_sdk.simulators.replay import replay
-from ead_sdk.simulators.synthetic import synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ead_sdk.backends.trace import TraceBackend
 from ead_sdk.cost import CostModel
 from ead_sdk.decode import generate
 from ead_sdk.errors import BackendError
 from ead_sdk.interface import Policy, Step
+from ead_sdk.policies.fixed import FixedPolicy
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+from ead_sdk.simulators.replay import replay
+from ead_sdk.simulators.synthetic import synthetic_traces
 
 
 def reference(policy: Policy, seq: Any, num_models: int, costs: np.ndarray) -> dict[str, Any]:
