@@ -26,7 +26,8 @@ from ead_sdk.errors import (
     ModelCountError,
     ReplayOnlyPolicyError,
 )
-from ead_sdk.interface import RETRYING, Policy, Step
+from ead_sdk.escalation import rule
+from ead_sdk.interface import Policy, Step
 
 
 @dataclass(frozen=True)
@@ -351,9 +352,7 @@ def _run(
     live = np.ones(n, bool)
     routes = np.full(n, policy.initial_model, np.int64)
     state = policy.init_state(n, xp, device)
-    retry_mode = policy.escalation in RETRYING
-    # retry_token: an escalation re-emits one token; the next position stays with the escalating model.
-    token_only = policy.escalation == "retry_token"
+    escalation = rule(policy.escalation)
     limits = backend.lane_limits(request)
     if limits is not None:
         live &= np.asarray(limits) > 0
@@ -406,8 +405,8 @@ def _run(
             emitter = routes.copy()
             computed = [(m, lanes) for m, lanes, _ in draws]
             # 4. escalation "retry"/"retry_token": the larger model recomputes position t; its draw is emitted.
-            if retry_mode:
-                up = active[host_routes[active] > routes[active]]
+            if escalation.retries:
+                up = active[escalation.retried(host_routes[active], routes[active])]
                 for r in np.unique(host_routes[up]).tolist():
                     lanes = up[host_routes[up] == r]
                     draw = backend.forward(r, lanes, t)
@@ -439,7 +438,7 @@ def _run(
             live[active[done]] = False
             if recorder is not None and done.any():
                 recorder.lanes_done(active[done], tokens, emitters, length)
-            routes[active] = np.minimum(host_routes[active], routes[active]) if token_only else host_routes[active]
+            routes[active] = escalation.next_model(host_routes[active], routes[active])
             if events:
                 yield [
                     TokenEvent(i, tok, m, t)

@@ -10,10 +10,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from ead_sdk.arrays import Array, as_namespace
 from ead_sdk.errors import ModelCountError, ParameterError, SpecVersionError
+from ead_sdk.escalation import ESCALATIONS, Escalation, EscalationRule, rule
 from ead_sdk.params import Param, json_value, lane_value, validate_params
 
 State = dict[str, Array]
@@ -21,11 +22,6 @@ State = dict[str, Array]
 
 Routes = Array
 """Integer model indices per lane: 0 is the smallest model, ``M - 1`` the largest."""
-
-Escalation = Literal["next", "retry", "retry_token"]
-ESCALATIONS: tuple[str, ...] = ("next", "retry", "retry_token")
-# Modes in which a larger model recomputes and re-emits the token whose step escalated.
-RETRYING: tuple[str, ...] = ("retry", "retry_token")
 
 
 @dataclass(frozen=True)
@@ -98,6 +94,11 @@ class Policy(ABC):
         self.validate()
 
     # -- configuration --------------------------------------------------------------------
+    @property
+    def escalation_rule(self) -> EscalationRule:
+        """The `EscalationRule` of this policy's escalation mode (who emits, where the lane goes)."""
+        return rule(self.escalation)
+
     @property
     def params(self) -> Mapping[str, Any]:
         """The validated parameter values (read-only)."""

@@ -25,7 +25,8 @@ import numpy as np
 from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import CostModelError, EngineError, ModelCountError, RouteError, TraceError
-from ead_sdk.interface import RETRYING, Policy, Step
+from ead_sdk.escalation import rule
+from ead_sdk.interface import Policy, Step
 from ead_sdk.simulators.ledger import fill_ledger
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
@@ -305,8 +306,8 @@ def _run(
     (error messages name lanes of the whole replay).
     """
     n, m_count, t_max = seq.shape[0], data.meta.num_models, data.t_max
-    retry = policy.escalation in RETRYING
-    token_only = policy.escalation == "retry_token"  # the next position stays with the escalating model
+    escalation = rule(policy.escalation)
+    retry = escalation.retries
     lengths = data.lengths[seq]
     model = np.full(n, policy.initial_model, np.int64)
     base = seq * m_count
@@ -364,12 +365,12 @@ def _run(
         if full:
             computed[t] = model
             if retry:
-                np.maximum(routes, model, out=emitted[t], casting="unsafe")
-            model = np.minimum(routes, model) if token_only else routes
+                escalation.emitter(routes, model, out=emitted[t])
+            model = escalation.next_model(routes, model)
             continue
         computed[t] = np.where(live, model, -1)
         if retry:
-            emitted[t] = np.where(live, np.maximum(routes, model), -1)
-        model = np.where(live, np.minimum(routes, model) if token_only else routes, model)
+            emitted[t] = np.where(live, escalation.emitter(routes, model), -1)
+        model = np.where(live, escalation.next_model(routes, model), model)
     if not retry:  # without retries every position is emitted by the model that computed it
         np.copyto(emitted, computed)
