@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ead_sdk.backend import Backend, DecodeRequest, Draw, RowRecord, Sampling
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.decode import DecodeStream, GenerateResult, LaneResult, TokenEvent, generate, stream
 from ead_sdk.errors import (
@@ -65,6 +65,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "Backend",
+    "BatchSession",
     "BackendError",
     "ConformanceError",
     "CostLedger",

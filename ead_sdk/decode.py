@@ -357,10 +357,10 @@ def _run(
     if limits is not None:
         live &= np.asarray(limits) > 0
         finish = ["stop" if not ok else "length" for ok in live]
-    backend.start(request)
+    session = backend.start(request)
     try:
         if recorder is not None:
-            recorder.begin(request)
+            recorder.begin(request, session)
         for t in range(request.max_new_tokens):
             active = np.flatnonzero(live)
             if active.size == 0:
@@ -369,7 +369,7 @@ def _run(
             draws: list[tuple[int, np.ndarray, Draw]] = []
             for m in np.unique(routes[active]).tolist():
                 lanes = active[routes[active] == m]
-                draws.append((m, lanes, backend.forward(m, lanes, t)))
+                draws.append((m, lanes, session.forward(m, lanes, t)))
                 ledger.compute(lanes, np.full(lanes.size, m), np.full(lanes.size, t))
             entropy = _scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws])
             drawn = _scatter(xp, device, n, [(ln, d.token) for _, ln, d in draws])
@@ -409,7 +409,7 @@ def _run(
                 up = active[escalation.retried(host_routes[active], routes[active])]
                 for r in np.unique(host_routes[up]).tolist():
                     lanes = up[host_routes[up] == r]
-                    draw = backend.forward(r, lanes, t)
+                    draw = session.forward(r, lanes, t)
                     ledger.compute(lanes, np.full(lanes.size, r), np.full(lanes.size, t))
                     ledger.waste(lanes, routes[lanes])
                     # A second sync, only on steps with a retry.
@@ -426,13 +426,13 @@ def _run(
                     computed.append((r, lanes))
             # 5. emit; lanes stop at their end, a stop sequence, or the token limit.
             ledger.emit(active, emitter[active])
-            backend.append(t, drawn, active)
+            session.append(t, drawn, active)
             tokens[active, t] = host_tokens[active]
             emitters[active, t] = emitter[active]
             length[active] += 1
             if recorder is not None:
                 recorder.step(t, computed, host_tokens)
-            done = backend.finished(t, active, host_tokens[active])
+            done = session.finished(t, active, host_tokens[active])
             for lane in active[done].tolist():
                 finish[lane] = "stop"
             live[active[done]] = False
@@ -475,4 +475,4 @@ def _run(
     finally:
         if recorder is not None:  # interrupted: the sequences completed so far stay readable
             recorder.close()
-        backend.close()
+        session.close()

@@ -325,3 +325,22 @@ def test_backend_entropy_matches_float64_reference(rows: list[list[float]]) -> N
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
     x[0, 0] = np.nan
     assert np.isnan(entropy_of(torch.tensor(x, dtype=torch.float32)).numpy()[0])
+
+
+def test_a_session_owns_its_batch_and_close_releases_it() -> None:
+    from ead_sdk.backend import DecodeRequest
+
+    backend = pair()
+    request = DecodeRequest(prompts=((1, 2, 3), (4, 5)), max_new_tokens=3)
+    lanes = np.arange(2)
+    with backend.start(request) as session:
+        draw = session.forward(0, lanes, 0)
+        other = backend.start(request)  # a second batch does not disturb the first
+        other.forward(1, lanes, 0)
+        session.append(0, draw.token, lanes)
+        session.forward(0, lanes, 1)
+        assert session.caches[0] is not None
+    assert session.caches == [None, None]
+    with pytest.raises(BackendError, match="closed"):
+        session.forward(1, lanes, 1)
+    other.close()
