@@ -74,6 +74,11 @@ class CostModel:
             tuple(catchup_seconds) if catchup_seconds is not None else None,
         )
 
+    def check_models(self, num_models: int, where: str) -> None:
+        """Refuse to price ``num_models`` models (those of ``where``) with a cost model for another count."""
+        if self.num_models != num_models:
+            raise CostModelError(f"cost model has {self.num_models} models, {where} has {num_models}")
+
     @property
     def num_models(self) -> int:
         return len(self.costs)
@@ -166,8 +171,7 @@ class CostLedger:
 
     # -- reports --------------------------------------------------------------------------
     def _check(self, cost_model: CostModel) -> np.ndarray:
-        if cost_model.num_models != self.num_models:
-            raise CostModelError(f"cost model has {cost_model.num_models} models, ledger has {self.num_models}")
+        cost_model.check_models(self.num_models, "ledger")
         return np.asarray(cost_model.costs)
 
     def per_lane(self, cost_model: CostModel) -> dict[str, np.ndarray]:

@@ -21,7 +21,6 @@ from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import (
     ArgumentTypeError,
     BackendError,
-    CostModelError,
     DecodeStreamError,
     ModelCountError,
     ReplayOnlyPolicyError,
@@ -238,8 +237,8 @@ def _start(
     )
     if cost_model is None:
         cost_model = CostModel.from_param_counts(backend.param_counts, backend.model_names)
-    elif cost_model.num_models != backend.num_models:
-        raise CostModelError(f"cost model has {cost_model.num_models} models, backend has {backend.num_models}")
+    else:
+        cost_model.check_models(backend.num_models, "backend")
     recorder = None
     if record is not None:
         from ead_sdk.recording import LiveRecorder

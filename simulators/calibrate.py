@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,10 @@ import numpy as np
 from ead_sdk.cost import CostModel, CostReport
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Policy
+from ead_sdk.simulators.engines import Engine, LocalEngine, RayEngine, as_engine
 from ead_sdk.simulators.replay import ReplayData, replay
 from ead_sdk.simulators.sweep import MEMORY_BUDGET, estimate_sweep_bytes, lane_policy
+from ead_sdk.specs import as_policy
 from ead_sdk.traces.reader import read_meta
 from ead_sdk.traces.traceset import TraceSet
 
@@ -136,7 +139,7 @@ def _valid_interval(
 
 def calibrate(
     traces: TraceSet | str | os.PathLike[str],
-    policy: Policy,
+    policy: Policy | Mapping[str, Any] | str,
     parameter: str,
     *,
     target_large_share: float | None = None,
@@ -147,16 +150,14 @@ def calibrate(
     points: int = 16,
     rounds: int = 4,
     cost_model: CostModel | None = None,
-    engine: str = "local",
-    address: str | None = None,
-    batch_rows: int = 1024,
+    engine: Engine | None = None,
 ) -> CalibrationResult:
     """Pick ``parameter`` of ``policy`` so that replay on a calibration split hits the target.
 
     Args:
         traces: the trace; a random ``held_out`` share of its sequences is kept for checking.
-        policy: the policy to calibrate (its other parameters, escalation and initial model
-            are kept).
+        policy: the policy to calibrate, an object (registered or not) or a spec (its other
+            parameters, escalation and initial model are kept).
         parameter: a numeric parameter along which the metric is monotone (e.g. a threshold).
         target_large_share: the wanted share of tokens from the largest model, or
         target_cost_ratio: the wanted cost relative to the largest model alone.
@@ -167,11 +168,9 @@ def calibrate(
         points: candidate values replayed per round (one batched run each).
         rounds: refinement rounds (integer parameters stop once the bracket is adjacent).
         cost_model: per-model costs (default: the trace's parameter counts).
-        engine: ``"local"`` or ``"ray"`` (each round one Ray Data pass over the calibration
-            split; identical results). With ``"ray"``, ``traces`` may also be the path of a
-            Parquet dataset when ``held_out=0``.
-        address: the Ray cluster to join (``engine="ray"``).
-        batch_rows: sequences per Ray batch (``engine="ray"``).
+        engine: `LocalEngine` (default) or `RayEngine` (each round one Ray Data pass over the
+            calibration split; identical results). With a `RayEngine`, ``traces`` may also be the
+            path of a Parquet dataset when ``held_out=0``.
 
     Returns:
         A `CalibrationResult`.
@@ -181,10 +180,10 @@ def calibrate(
             ``held_out`` outside [0, 1), a parameter with choices), or a target the metric does
             not reach over the searched interval (the message gives the range it reached).
     """
-    if engine not in ("local", "ray"):
-        raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
-    if not isinstance(traces, TraceSet) and (engine == "local" or held_out > 0):
-        raise ParameterError("calibrate splits a TraceSet in memory; a dataset path needs engine='ray' and held_out=0")
+    engine = as_engine(engine)
+    policy = as_policy(policy)
+    if not isinstance(traces, TraceSet) and (isinstance(engine, LocalEngine) or held_out > 0):
+        raise ParameterError("calibrate splits a TraceSet in memory; a dataset path needs a RayEngine and held_out=0")
     if (target_large_share is None) == (target_cost_ratio is None):
         raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
     metric = "large_share" if target_large_share is not None else "cost_ratio"
@@ -208,35 +207,34 @@ def calibrate(
     base = {k: v for k, v in policy.params.items() if k != parameter}
     options = {"escalation": policy.escalation, "initial_model": policy.initial_model}
     evaluations = 0
-    if engine == "ray":
+    if isinstance(engine, RayEngine):
         from ead_sdk.simulators.ray_engine import connect, ray_sweep_totals, trace_dataset
         from ead_sdk.simulators.sweep import replay_columns
 
-        connect(address)
+        connect(engine.address)
         meta = calib.meta if isinstance(calib, TraceSet) else read_meta(calib)
         dataset = trace_dataset(calib, replay_columns(meta, True))
         n = dataset[2]
         costs = cost_model or meta.cost_model()
 
         def run(configs: list[dict[str, Any]]) -> np.ndarray:
-            totals = ray_sweep_totals(
-                *dataset, policy.name, configs, **options, cost_model=costs, batch_rows=batch_rows
-            )
+            totals = ray_sweep_totals(*dataset, policy, configs, cost_model=costs, batch_rows=engine.batch_rows)
             return np.array([_report_metric(t.report(costs), metric) for t in totals])
     else:
         data = ReplayData.from_traces(calib)
         n = data.num_sequences
 
         def run(configs: list[dict[str, Any]]) -> np.ndarray:
-            need = estimate_sweep_bytes(data, policy.name, configs, **options)
+            need = estimate_sweep_bytes(data, policy, configs)
             if need > MEMORY_BUDGET:
                 raise ParameterError(
                     f"calibrating {parameter!r} replays {len(configs)} values x {n:,} sequences at once, about "
                     f"{need / 2**30:.3g} GiB (budget {MEMORY_BUDGET / 2**30:.3g} GiB): pass fewer points, "
-                    "narrower bounds or engine='ray'"
+                    "narrower bounds or a RayEngine"
                 )
-            pol = lane_policy(policy.name, configs, n, **options)
-            result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(configs)))
+            pol = lane_policy(policy, configs, n)
+            seq = np.tile(np.arange(n), len(configs))
+            result = replay(data, pol, cost_model=cost_model, lane_sequence=seq, engine=engine)
             return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(configs))])
 
     def evaluate(values: np.ndarray) -> np.ndarray:
@@ -290,7 +288,7 @@ def calibrate(
     chosen = type(policy)(**options, **{**dict(policy.params), parameter: value})
     held_metric = float("nan")
     if held is not None and len(held):
-        held_result = replay(held, chosen, cost_model=cost_model, engine=engine, address=address, batch_rows=batch_rows)
+        held_result = replay(held, chosen, cost_model=cost_model, engine=engine)
         held_metric = _report_metric(held_result.report(), metric)
     return CalibrationResult(
         parameter=parameter,

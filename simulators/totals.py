@@ -230,33 +230,6 @@ TOTALS_SCHEMA = pa.schema(
 """Arrow schema of per-configuration totals: one row per (batch, configuration)."""
 
 
-@dataclass(frozen=True)
-class ReplayTotals:
-    """A replay run by a distributed engine: its summed figures (per-lane routes stay on workers).
-
-    Attributes:
-        policy_spec: the spec of the policy replayed.
-        cost_model: the per-model costs.
-        totals: the sums over every sequence.
-    """
-
-    policy_spec: dict[str, Any]
-    cost_model: CostModel
-    totals: Totals
-
-    @property
-    def lanes(self) -> int:
-        return self.totals.sequences
-
-    def report(self) -> CostReport:
-        """The summed `CostReport` (equal to the local `ReplayResult.report()`)."""
-        return self.totals.report(self.cost_model)
-
-    def summary(self) -> dict[str, Any]:
-        """Aggregate metrics (equal to the local `ReplayResult.summary()`)."""
-        return self.totals.summary(self.cost_model)
-
-
 def totals_table(totals: list[Totals], configs: list[int]) -> pa.Table:
     """Totals as an Arrow table of `TOTALS_SCHEMA`, row ``i`` for configuration ``configs[i]``."""
     rows = [{"config": c, **t.to_row()} for c, t in zip(configs, totals, strict=True)]
@@ -302,4 +275,4 @@ def merge_table(table: pa.Table, into: dict[int, Totals]) -> int:
     return lanes
 
 
-__all__ = ["TOTALS_SCHEMA", "ReplayTotals", "Totals", "error_table", "merge_table", "msum", "totals_table"]
+__all__ = ["TOTALS_SCHEMA", "Totals", "error_table", "merge_table", "msum", "totals_table"]

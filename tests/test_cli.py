@@ -280,9 +280,20 @@ def test_sweep_table_and_quality_choice(trace_path: Path) -> None:
         )
     )
     direct = sweep(
-        read_traces(trace_path), "rolling_entropy", {"threshold": [0.5, 1.5]}, escalation="retry", quality="agreement"
+        read_traces(trace_path),
+        {"policy": "rolling_entropy", "escalation": "retry"},
+        {"threshold": [0.5, 1.5]},
+        quality="agreement",
     )
     assert [{k: v for k, v in r.items() if k != "frontier"} for r in data["rows"]] == jsonable(direct.table.to_pylist())
+
+
+def test_sweep_takes_a_json_spec_as_the_policy(demo_trace: Path) -> None:
+    spec = {"policy": "rolling_entropy", "params": {"window": 3, "unit": "nats"}, "escalation": "retry_token"}
+    data = ok_json(ead("sweep", "-p", json.dumps(spec), "-g", "threshold=1,2", "--json"))
+    assert data["policy"] == "rolling_entropy" and data["escalation"] == "retry_token"
+    direct = sweep(read_traces(demo_trace), spec, {"threshold": [1, 2]}, quality="quality")
+    assert [r["large_share"] for r in data["rows"]] == direct.table.column("large_share").to_pylist()
 
 
 def test_sweep_defaults_to_the_shipped_trace(demo_trace: Path) -> None:

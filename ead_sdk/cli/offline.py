@@ -116,9 +116,11 @@ def replay(
 @user_errors
 def sweep(
     traces: Path = typer.Argument(None, help=TRACES_HELP, show_default=False),
-    policy: str = typer.Option(..., "--policy", "-p", help="the policy name"),
+    policy: str = typer.Option(..., "--policy", "-p", help="a policy spec: a name, a JSON string or a .json file"),
     grid: list[str] = typer.Option(..., "--grid", "-g", help="NAME=START:STOP:COUNT or NAME=V1,V2 (repeatable)"),
-    escalation: str = typer.Option("next", help="escalation mode of every configuration: next or retry"),
+    escalation: str = typer.Option(
+        None, help="escalation mode of every configuration: next, retry or retry_token (default: the spec's)"
+    ),
     quality: str = typer.Option(
         None,
         help="frontier quality: agreement, loglik_per_token or quality "
@@ -135,11 +137,17 @@ def sweep(
     batch_rows: int = typer.Option(1024, "--batch-rows", help="sequences per Ray task (--engine ray)"),
 ) -> None:
     """Replay every configuration of a parameter grid in one batched run: table and Pareto frontier."""
+    from ead_sdk.simulators import LocalEngine, RayEngine
     from ead_sdk.simulators import sweep as run_sweep
+    from ead_sdk.specs import load_policy
     from ead_sdk.traces import read_traces
 
     path = default_traces(traces)
     params = parse_grid(grid)
+    base = load_policy(policy)
+    if escalation is not None:
+        base = load_policy({**base.spec(), "escalation": escalation})
+    escalation, policy = base.escalation, base.name
     if plot is not None:  # checked before the sweep runs
         if plot.suffix.lower() != ".png":
             raise UserError(f"--plot {str(plot)!r}: the frontier plot is a PNG; give a path ending in .png")
@@ -154,17 +162,14 @@ def sweep(
             task = bar.add_task("sweep on Ray (sequences)", total=None)
             result = run_sweep(
                 path,
-                policy,
+                base,
                 params,
-                escalation=escalation,
                 quality=quality,
-                engine="ray",
-                address=address,
-                batch_rows=batch_rows,
+                engine=RayEngine(address=address, batch_rows=batch_rows),
                 progress=lambda done, total: bar.update(task, completed=done, total=total if total >= 0 else None),
             )
     else:
-        result = run_sweep(trace_set, policy, params, escalation=escalation, quality=quality)
+        result = run_sweep(trace_set, base, params, quality=quality, engine=LocalEngine())
     rows = result.table.to_pylist()
     front = {tuple(sorted(r.items())) for r in (_row_key(x) for x in result.frontier.to_pylist())}
     for r in rows:
