@@ -172,6 +172,8 @@ def test_an_unregistered_policy_calibrates_and_sweeps_like_a_registered_one():
     b = calibrate(traces, spec, "threshold", target_large_share=0.3)
     assert type(a.policy) is Private and a.value == b.value and a.held_out == b.held_out
     grid = {"threshold": [0.5, 1.0, 2.0]}
-    assert sweep(traces, mine, grid).table.drop(["param.threshold"]).equals(
-        sweep(traces, theirs, grid).table.drop(["param.threshold"])
+    assert (
+        sweep(traces, mine, grid)
+        .table.drop(["param.threshold"])
+        .equals(sweep(traces, theirs, grid).table.drop(["param.threshold"]))
     )
