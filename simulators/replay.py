@@ -381,19 +381,7 @@ def _run(
             future=future,
         )
         routes, state = policy.decide(state, step)
-        routes = np.asarray(to_numpy(routes))
-        if routes.shape != (n,):
-            raise RouteError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
-        if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
-            lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
-        else:
-            lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
-        if lo < 0 or hi >= m_count:
-            bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
-            raise ModelCountError(
-                f"policy {policy.name!r} routed lane {first_lane + bad} to model {int(routes[bad])}, "
-                f"not one of {m_count} models"
-            )
+        routes = _checked_routes(policy, routes, n, m_count, first_lane)
         if full:
             computed[t] = model
             if retry:
@@ -406,3 +394,21 @@ def _run(
         model = np.where(live, escalation.next_model(routes, model), model)
     if not retry:  # without retries every position is emitted by the model that computed it
         np.copyto(emitted, computed)
+
+
+def _checked_routes(policy: Policy, routes: Any, n: int, m_count: int, first_lane: int) -> np.ndarray:
+    """The routes as a host array, refused unless ``(n,)`` model indices below ``m_count``."""
+    routes = np.asarray(to_numpy(routes))
+    if routes.shape != (n,):
+        raise RouteError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
+    if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
+        lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
+    else:
+        lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
+    if lo < 0 or hi >= m_count:
+        bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
+        raise ModelCountError(
+            f"policy {policy.name!r} routed lane {first_lane + bad} to model {int(routes[bad])}, "
+            f"not one of {m_count} models"
+        )
+    return routes

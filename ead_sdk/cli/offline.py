@@ -188,19 +188,7 @@ def sweep(
             }
         )
         return
-    pcols = [c for c in result.table.column_names if c.startswith("param.")]
-    table = Table(title=f"sweep of {policy} ({escalation}) on {path.name}: {len(rows)} configurations")
-    for col in [*(c[6:] for c in pcols), "large_share", "cost_ratio", quality, "frontier"]:
-        table.add_column(col, justify="right")
-    for r in sorted(rows, key=lambda r: r["cost_ratio"]):
-        table.add_row(
-            *(fmt(r[c]) for c in pcols),
-            fmt(r["large_share"]),
-            fmt(r["cost_ratio"]),
-            fmt(r.get(quality), 4),
-            "*" if r["frontier"] else "",
-        )
-    console.print(table)
+    _print_sweep(result, rows, f"sweep of {policy} ({escalation}) on {path.name}", quality)
     if plot is not None:
         console.print(f"frontier plot: {plot}")
 
@@ -297,3 +285,20 @@ def calibrate(
     )
     if out is not None:
         console.print(f"wrote {out}")
+
+
+def _print_sweep(result: Any, rows: list[dict[str, Any]], title: str, quality: str) -> None:
+    """The sweep's rows as a table, cheapest first, frontier rows starred."""
+    pcols = [c for c in result.table.column_names if c.startswith("param.")]
+    table = Table(title=f"{title}: {len(rows)} configurations")
+    for col in [*(c[6:] for c in pcols), "large_share", "cost_ratio", quality, "frontier"]:
+        table.add_column(col, justify="right")
+    for r in sorted(rows, key=lambda r: r["cost_ratio"]):
+        table.add_row(
+            *(fmt(r[c]) for c in pcols),
+            fmt(r["large_share"]),
+            fmt(r["cost_ratio"]),
+            fmt(r.get(quality), 4),
+            "*" if r["frontier"] else "",
+        )
+    console.print(table)
