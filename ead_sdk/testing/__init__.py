@@ -13,12 +13,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
+    from ead_sdk.testing.conformance import (
+        CHECKS,
+        POLICY_CHECKS,
+        CheckOptions,
+        ConformanceError,
+        ConformanceReport,
+        check_policy,
+        parametrize_with_checks,
+    )
     from ead_sdk.testing.episodes import Episode, EpisodeRun, decide_along, make_episode, run_episode, to_namespace
     from ead_sdk.testing.models import tiny_llama
 
 _WHERE = {
     "CHECKS": "conformance",
+    "POLICY_CHECKS": "conformance",
+    "CheckOptions": "conformance",
+    "parametrize_with_checks": "conformance",
     "ConformanceError": "conformance",
     "ConformanceReport": "conformance",
     "check_policy": "conformance",
@@ -33,6 +44,8 @@ _WHERE = {
 
 __all__ = [
     "CHECKS",
+    "POLICY_CHECKS",
+    "CheckOptions",
     "ConformanceError",
     "ConformanceReport",
     "Episode",
@@ -40,6 +53,7 @@ __all__ = [
     "check_policy",
     "decide_along",
     "make_episode",
+    "parametrize_with_checks",
     "run_episode",
     "tiny_llama",
     "to_namespace",
