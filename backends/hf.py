@@ -20,6 +20,7 @@ import numpy as np
 
 from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.errors import BackendError
+from ead_sdk.signals import entropy
 
 try:
     import torch
@@ -248,8 +249,8 @@ class TransformersBackend(Backend):
 
 
 def entropy_of(logits: Any) -> Any:
-    """Entropy in nats of softmax(logits) per row; masked (-inf) tokens add nothing, NaN stays NaN."""
-    return torch.special.entr(torch.softmax(logits, -1)).sum(-1)
+    """Entropy in nats of softmax(logits) per row (`ead_sdk.signals.entropy`, unvalidated: NaN stays NaN)."""
+    return entropy(logits, validate=False)
 
 
 def _warpers(sampling: Sampling) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, RowRecord, Sampling
-from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.cost import CostLedger, CostModel, CostReport, sum_reports
 from ead_sdk.decode import DecodeStream, GenerateResult, LaneResult, TokenEvent, generate, stream
 from ead_sdk.errors import (
     ArgumentError,
@@ -127,6 +127,7 @@ __all__ = [
     "reload_plugins",
     "save_policy",
     "select_lanes",
+    "sum_reports",
     "stream",
     "to_nats",
     "topk_entropy_bounds",

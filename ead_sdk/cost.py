@@ -207,8 +207,48 @@ class CostLedger:
             wasted=tuple(int(v) for v in self.wasted[sel].sum(0)),
             prefill=tuple(int(v) for v in self.prefill[sel].sum(0)),
             switches=int(self.switches[sel].sum()),
-            large_share=float(emitted[-1] / tokens) if tokens else 0.0,
+            large_share=_large_share(emitted[-1], tokens),
             cost=cost,
-            cost_ratio=float(cost / (costs[-1] * tokens)) if tokens else 0.0,
+            cost_ratio=_cost_ratio(cost, costs[-1], tokens),
             unit=cost_model.unit,
         )
+
+
+def _large_share(large_tokens: int, tokens: int) -> float:
+    return float(large_tokens / tokens) if tokens else 0.0
+
+
+def _cost_ratio(cost: float, large_cost: float, tokens: int) -> float:
+    """Cost relative to the largest model alone emitting the same tokens."""
+    return float(cost / (large_cost * tokens)) if tokens else 0.0
+
+
+def sum_reports(reports: Sequence[CostReport], cost_model: CostModel) -> CostReport:
+    """The report of several runs' lanes together: counts and costs add, shares and ratios are recomputed.
+
+    Args:
+        reports: reports priced with ``cost_model`` (at least one).
+        cost_model: their cost model (its largest model's cost is the denominator of ``cost_ratio``).
+    """
+    if not reports:
+        raise CostModelError("sum_reports needs at least one report")
+
+    def add(name: str) -> tuple[int, ...]:
+        return tuple(int(sum(vals)) for vals in zip(*(getattr(r, name) for r in reports), strict=True))
+
+    emitted = add("emitted")
+    tokens = sum(r.tokens for r in reports)
+    cost = float(sum(r.cost for r in reports))
+    return CostReport(
+        tokens=tokens,
+        emitted=emitted,
+        forwards=add("forwards"),
+        catchup=add("catchup"),
+        wasted=add("wasted"),
+        prefill=add("prefill"),
+        switches=sum(r.switches for r in reports),
+        large_share=_large_share(emitted[-1], tokens),
+        cost=cost,
+        cost_ratio=_cost_ratio(cost, float(cost_model.costs[-1]), tokens),
+        unit=reports[0].unit,
+    )

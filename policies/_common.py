@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.arrays import Array, to_numpy
+from ead_sdk.arrays import Array, logsumexp, to_numpy
 from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.interface import State, Step
 from ead_sdk.params import is_lane_array
@@ -31,9 +31,7 @@ def normalised_logprobs(step: Step, logprobs: Array, xp: Any) -> Array:
     """
     if step.token_ids is not None:
         return logprobs
-    m = xp.max(logprobs, axis=-1, keepdims=True)
-    lse = m + xp.log(xp.sum(xp.exp(logprobs - m), axis=-1, keepdims=True))
-    return logprobs - lse
+    return logprobs - logsumexp(logprobs, xp)
 
 
 MAX_WINDOW = 4096

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.cost import CostReport
+from ead_sdk.cost import CostReport, sum_reports
 from ead_sdk.interface import Policy
 
 from . import task
@@ -89,7 +89,6 @@ def evaluate_live(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt))
     texts: list[str] = [""] * len(prompts)
     reports: list[CostReport] = []
-    large_cost = 1.0
     for start in range(0, len(order), batch):
         idx = order[start : start + batch]
         res = generate(
@@ -103,40 +102,12 @@ def evaluate_live(
         for i, lane in zip(idx, res.lanes, strict=True):
             texts[i] = task.decode(lane.tokens)
         reports.append(res.report)
-        large_cost = float(res.cost_model.costs[-1])
+        cost_model = res.cost_model
         if progress is not None:
             progress(len(idx))
     per_prompt = {
         m: tuple(task.score_completion(p, t, m) for p, t in zip(prompts, texts, strict=True)) for m in task.METRICS
     }
     quality = {m: float(np.mean(v)) for m, v in per_prompt.items()}
-    report = sum_reports(reports, large_cost)
+    report = sum_reports(reports, cost_model)
     return LiveScore(quality=quality, report=report, completions=tuple(texts), per_prompt=per_prompt)
-
-
-def sum_reports(reports: Sequence[CostReport], large_cost: float) -> CostReport:
-    """The report of several batches' lanes together: counts add, shares and ratios are recomputed.
-
-    ``large_cost`` is the largest model's cost per token (the denominator of ``cost_ratio``).
-    """
-    first = reports[0]
-
-    def add(name: str) -> tuple[int, ...]:
-        return tuple(int(sum(vals)) for vals in zip(*(getattr(r, name) for r in reports), strict=True))
-
-    emitted = add("emitted")
-    tokens = sum(r.tokens for r in reports)
-    cost = float(sum(r.cost for r in reports))
-    return CostReport(
-        tokens=tokens,
-        emitted=emitted,
-        forwards=add("forwards"),
-        catchup=add("catchup"),
-        wasted=add("wasted"),
-        prefill=add("prefill"),
-        switches=sum(r.switches for r in reports),
-        large_share=emitted[-1] / tokens if tokens else 0.0,
-        cost=cost,
-        cost_ratio=cost / (large_cost * tokens) if tokens else 0.0,
-        unit=first.unit,
-    )
