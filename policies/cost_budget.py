@@ -117,7 +117,6 @@ class CostBudgetPolicy(Policy):
             "rate": to_nats(p["rate"], unit),
             "small_weight": small_weight,
             "threshold": to_nats(p["threshold"], unit),
-            "tokens": xp.zeros((n,), dtype=xp.int64, **kw),
             "large": xp.zeros((n,), dtype=xp.int64, **kw),
             "weight": xp.zeros((n,), dtype=fdt, **kw),
         }
@@ -151,7 +150,7 @@ class CostBudgetPolicy(Policy):
         routes = xp.astype(granted, xp.int64)
         if escalation.retries:  # this token is emitted by the model the rule names
             large, weight = _count(large, weight, escalation.emitter(routes, model, xp) >= 1, state["small_weight"], xp)
-        new.update(tokens=state["tokens"] + 1, large=large, weight=weight)
+        new.update(large=large, weight=weight)
         return xp.where(step.live, routes, model), mask_state(step.live, new, state)
 
 

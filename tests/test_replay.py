@@ -11,7 +11,8 @@ from ead_sdk import CostLedger, Step, load_policy
 from ead_sdk.errors import ModelCountError
 from ead_sdk.interface import ESCALATIONS
 from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.simulators import fill_ledger, fill_ledger_stepwise, replay, synthetic_traces
+from ead_sdk.simulators import fill_ledger, replay, synthetic_traces
+from ead_sdk.simulators.ledger import fill_ledger_stepwise
 
 POLICIES = [
     {"policy": "rolling_entropy", "params": {"threshold": 0.9, "window": 3, "unit": "nats"}},

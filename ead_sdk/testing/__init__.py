@@ -9,8 +9,9 @@ session) imports this package, so the names below load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ead_sdk.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
     from ead_sdk.testing.conformance import (
@@ -26,20 +27,20 @@ if TYPE_CHECKING:
     from ead_sdk.testing.models import tiny_llama
 
 _WHERE = {
-    "CHECKS": "conformance",
-    "POLICY_CHECKS": "conformance",
-    "CheckOptions": "conformance",
-    "parametrize_with_checks": "conformance",
-    "ConformanceError": "conformance",
-    "ConformanceReport": "conformance",
-    "check_policy": "conformance",
-    "Episode": "episodes",
-    "EpisodeRun": "episodes",
-    "decide_along": "episodes",
-    "make_episode": "episodes",
-    "run_episode": "episodes",
-    "to_namespace": "episodes",
-    "tiny_llama": "models",
+    "CHECKS": "ead_sdk.testing.conformance",
+    "POLICY_CHECKS": "ead_sdk.testing.conformance",
+    "CheckOptions": "ead_sdk.testing.conformance",
+    "parametrize_with_checks": "ead_sdk.testing.conformance",
+    "ConformanceError": "ead_sdk.testing.conformance",
+    "ConformanceReport": "ead_sdk.testing.conformance",
+    "check_policy": "ead_sdk.testing.conformance",
+    "Episode": "ead_sdk.testing.episodes",
+    "EpisodeRun": "ead_sdk.testing.episodes",
+    "decide_along": "ead_sdk.testing.episodes",
+    "make_episode": "ead_sdk.testing.episodes",
+    "run_episode": "ead_sdk.testing.episodes",
+    "to_namespace": "ead_sdk.testing.episodes",
+    "tiny_llama": "ead_sdk.testing.models",
 }
 
 __all__ = [
@@ -59,8 +60,4 @@ __all__ = [
     "to_namespace",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"ead_sdk.testing.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'ead_sdk.testing' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
