@@ -27,7 +27,8 @@ import pyarrow as pa
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import EadError, ParameterError, RayUnavailableError, TraceError
 from ead_sdk.interface import Policy
-from ead_sdk.simulators.totals import Totals, error_table, merge_table, totals_table
+from ead_sdk.simulators.ray_wire import error_table, merge_table, totals_table
+from ead_sdk.simulators.totals import Totals
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 

@@ -400,7 +400,7 @@ PROMPT = "import os\n\n\ndef join(a, b):\n    return os.path."
 def test_generate_json_equals_the_sdk_decoder(pair: list[str]) -> None:
     """``ead generate --json``: the tokens, models and report of `ead_sdk.generate` with the same backend and policy."""
     import ead_sdk
-    from ead_sdk.demo.live import load_backend
+    from ead_sdk.demo.live_eval import load_backend
 
     spec = json.dumps({"policy": "rolling_entropy", "params": {"window": 1, "threshold": 1.5}})
     data = ok_json(ead("generate", "--models", *pair, "--policy", spec, "--max-new-tokens", 10, "--json", PROMPT))
@@ -423,7 +423,7 @@ def test_generate_prints_the_text_then_the_cost_report(pair: list[str]) -> None:
 def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_path: Path) -> None:
     """Three prompts in two batches: ids 0-2 in prompt order, the pair's metadata, then ``ead replay`` reads it."""
     from ead_sdk.demo import task
-    from ead_sdk.demo.live import load_backend
+    from ead_sdk.demo.live_eval import load_backend
 
     prompts = ["def f(x):\n    return x", {"prompt": "class A:\n    def __init__(self):\n        self."}, "import "]
     pfile = tmp_path / "prompts.jsonl"
@@ -491,7 +491,7 @@ def test_eval_reports_baselines_and_policies_with_consistent_gap_measures(eval_r
 
 def test_eval_figures_equal_the_live_evaluation(pair: list[str], eval_run: dict[str, Any]) -> None:
     from ead_sdk.demo import task
-    from ead_sdk.demo.live import evaluate_live, load_backend
+    from ead_sdk.demo.live_eval import evaluate_live, load_backend
 
     score = evaluate_live(
         load_backend(pair), load_policy("rolling_entropy"), task.load_eval_prompts(4), batch=2, max_new_tokens=8

@@ -18,9 +18,10 @@ from ead_sdk import load_policy
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import ESCALATIONS
 from ead_sdk.simulators import LocalEngine, RayEngine, Totals, calibrate, replay, sweep, sweep_totals, synthetic_traces
+from ead_sdk.simulators.ray_wire import merge_table, totals_table
 from ead_sdk.simulators.replay import ReplayData
 from ead_sdk.simulators.sweep import expand_grid
-from ead_sdk.simulators.totals import merge_table, msum, totals_table
+from ead_sdk.simulators.totals import msum
 from ead_sdk.traces import compact, write_traces
 
 

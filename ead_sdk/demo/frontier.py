@@ -192,7 +192,7 @@ def run_demo(
     """
     from ead_sdk.traces import read_traces
 
-    from .live import evaluate_live, load_backend, set_threads
+    from .live_eval import evaluate_live, load_backend, set_threads
     from .record_traces import default_traces_path
 
     t0 = time.perf_counter()
