@@ -48,7 +48,7 @@ from ead_sdk.registry import (
     PluginProblem,
     PolicyInfo,
     PolicyRegistry,
-    list_policies,
+    installed_policies,
     plugin_problems,
     reload_plugins,
 )
@@ -120,7 +120,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "lane_count",
-    "list_policies",
+    "installed_policies",
     "load_policy",
     "mask_state",
     "plugin_problems",

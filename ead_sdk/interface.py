@@ -91,7 +91,7 @@ class Policy(ABC):
         self.escalation: Escalation = escalation
         self.initial_model = initial_model
         self._params = validate_params(label, type(self).parameters, params)
-        self.validate()
+        self.configure()
 
     # -- configuration --------------------------------------------------------------------
     @property
@@ -104,8 +104,17 @@ class Policy(ABC):
         """The validated parameter values (read-only)."""
         return MappingProxyType(self._params)
 
-    def validate(self) -> None:  # noqa: B027 - optional hook, deliberately empty
-        """Check relations between parameters (e.g. ``upper > lower``); raise `ParameterError`."""
+    def configure(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Finish building the policy from its validated parameters (called once by the constructor).
+
+        Check relations between parameters (e.g. ``upper > lower``; raise `ParameterError`) and
+        derive what the configuration implies (e.g. a nested policy built from a spec).
+        """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "validate" in cls.__dict__:  # the hook's old name: it would never be called
+            raise TypeError(f"{cls.__qualname__}.validate(): the hook is called configure() now; rename it")
 
     def num_rungs(self) -> int | None:
         """How many models the configuration implies (e.g. thresholds + 1); ``None`` if any."""

@@ -280,8 +280,8 @@ def reload_plugins() -> PolicyRegistry:
     return default_registry()
 
 
-def list_policies() -> dict[str, PolicyInfo]:
-    """Installed policies by name, each with its class, distribution and parameter schema."""
+def installed_policies() -> dict[str, PolicyInfo]:
+    """A dict of the installed policies by name, each with its class, distribution and parameter schema."""
     return dict(default_registry().policies)
 
 

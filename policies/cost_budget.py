@@ -68,7 +68,7 @@ class CostBudgetPolicy(Policy):
         self.inner: Policy | None = None
         super().__init__(**kwargs)
 
-    def validate(self) -> None:
+    def configure(self) -> None:
         p = self.params
         if self.initial_model != 0:
             raise ParameterError("policy 'cost_budget': lanes must start on model 0 for the budget to hold")

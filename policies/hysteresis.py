@@ -54,7 +54,7 @@ class HysteresisPolicy(Policy):
         Param("unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `upper` and `lower`"),
     )
 
-    def validate(self) -> None:
+    def configure(self) -> None:
         upper = np.asarray(to_numpy(self.params["upper"]), dtype=float)
         lower = np.asarray(to_numpy(self.params["lower"]), dtype=float)
         if np.any(np.broadcast_to(upper, np.broadcast_shapes(upper.shape, lower.shape)) <= lower):

@@ -146,7 +146,7 @@ class TopHPolicy(Policy):
         ),
     )
 
-    def validate(self) -> None:
+    def configure(self) -> None:
         top_n = self.params["top_n"]
         self._max_top_n = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
 

@@ -5,10 +5,10 @@ trajectory, so replay is a counterfactual on that path. The emitted token is alw
 trajectory's token, whichever model the policy picks; what replay measures is which model
 would have emitted each token, and what that would have cost.
 
-The step order is DESIGN.md's "One decode step": at generated position ``t`` a lane on model
-``m`` shows the policy ``entropy[t, m]`` (and that distribution's top-k), gets the route ``r``
-of position ``t + 1``; with escalation ``"retry"`` and ``r > m`` model ``r`` also computes
-position ``t`` and emits it (model ``m``'s forward is paid and wasted). Costs are counted by
+The step order is the live decoder's (`ead_sdk.decode`): at generated position ``t`` a lane on
+model ``m`` shows the policy ``entropy[t, m]`` (and that distribution's top-k) and gets the
+route ``r`` of position ``t + 1``; who then emits position ``t`` and which model computes the
+next one is `ead_sdk.escalation`'s rule (a retried token's first forward is paid and wasted). Costs are counted by
 `ead_sdk.cost.CostLedger` under the live decoder's convention.
 """
 
@@ -305,9 +305,8 @@ def default_threads() -> int:
 MIN_BLOCK_LANES = 30_000
 """Fewest lanes worth a thread of their own.
 
-Each array operation of a step hands the GIL between the threads, a fixed cost per step (about
-0.35 ms a step per thread measured on the 2-core development machine, whatever the block size):
-two threads broke even at about 24k lanes each, and gained about 1.25x at 32k and 1.5x at 64k each.
+Each array operation of a step hands the GIL between the threads, a fixed cost per step whatever
+the block size, so a thread pays off only on large blocks (measurements: docs/performance.md).
 """
 
 

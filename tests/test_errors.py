@@ -88,3 +88,13 @@ def test_a_replay_only_policy_is_refused_live_with_its_own_error():
     backend = TraceBackend(synthetic_traces(2, 8, seed=0))
     with pytest.raises(ead_sdk.ReplayOnlyPolicyError, match="replay-only"):
         ead_sdk.generate(backend, ead_sdk.load_policy({"policy": "oracle"}))
+
+
+def test_the_old_validate_hook_name_is_refused_loudly():
+    from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+
+    with pytest.raises(TypeError, match=r"called configure\(\) now"):
+
+        class Old(RollingEntropyPolicy):
+            def validate(self):
+                pass

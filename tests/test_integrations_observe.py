@@ -182,7 +182,7 @@ def reference_logprobs(out: Any, mask: Any, plen: int, second: bool) -> np.ndarr
     return torch.log_softmax(logits[i, plen - 1 : -1], -1).numpy()
 
 
-@pytest.mark.parametrize("name", sorted(n for n in ead_sdk.list_policies() if n != "oracle"))
+@pytest.mark.parametrize("name", sorted(n for n in ead_sdk.installed_policies() if n != "oracle"))
 def test_the_observer_step_never_syncs_with_the_host(name):
     """Per step, the observer and the policy stay on the device (finish is the one sync)."""
     observer = PolicyObserver(name, logprobs="full", param_count=1)

@@ -20,9 +20,9 @@ from ead_sdk.interface import Policy
 from . import task
 
 MAX_NEW_TOKENS = 48
-# Measured on the demo pair (2-core CPU, 32 prompts, rolling_entropy with retry): batch 1-2 took
-# 2.5 s, 4 took 3.3 s, 16 took 10 s, 32 took 16 s. Every model's KV cache spans the whole batch,
-# and a catch-up pass pads the lanes it does not serve, so routed batches grow padded caches.
+# Small batches decode the demo pair fastest (timings: docs/limitations.md): every model's KV
+# cache spans the whole batch, and a catch-up pass pads the lanes it does not serve, so routed
+# batches grow padded caches.
 BATCH = 2
 TOP_K = 8
 
@@ -42,13 +42,19 @@ def load_backend(models: Sequence[str | os.PathLike[str]] | None = None) -> Any:
 
     from ead_sdk.backends.hf import TransformersBackend
 
-    from . import model_dirs
+    from . import model_dirs, tokenizer_dir
 
     hf_logging.disable_progress_bar()  # a bar per checkpoint shard would interleave with ours
 
     paths = [os.fspath(p) for p in (models or model_dirs())]
     names = [os.path.basename(os.path.normpath(p)) for p in paths]
-    return TransformersBackend(paths, names=names)
+    tokenizer = None
+    if {os.path.realpath(p) for p in paths} <= {os.path.realpath(d) for d in model_dirs()}:
+        from transformers import AutoTokenizer
+
+        # The demo models share one tokenizer, stored once beside them.
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(), local_files_only=True)
+    return TransformersBackend(paths, tokenizer=tokenizer, names=names)
 
 
 @dataclass(frozen=True)
