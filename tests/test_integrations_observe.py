@@ -230,3 +230,18 @@ def test_misuse_is_refused_clearly():
         observer.finish(torch.zeros((1, 6), dtype=torch.long))
     with pytest.warns(UserWarning, match="before finish"):
         run(ids, mask, observer, 0, max_new_tokens=3, eos_token_id=[])
+
+
+def test_finish_honours_the_end_ids_generate_used_not_the_model_config():
+    """generate(eos_token_id=[]) ends no lane, even one that draws the config's end id (1)."""
+    ids, mask = batch([[50, 7]])
+    observer = PolicyObserver(POLICY, model=MODEL)  # the model config says eos 1
+    out = run(ids, mask, observer, 0, max_new_tokens=2, eos_token_id=[])
+    assert out[0, 2:].tolist()[0] == 1  # the model draws the config's end id first...
+    seen = observer.finish(out, attention_mask=mask)
+    assert seen[0].tokens.tolist() == out[0, 2:].tolist() and not seen[0].finished  # ...and goes on
+    # Ended by generate (its own eos 1, padding 0 after it): the lane stops there.
+    observer = PolicyObserver(POLICY, model=MODEL)
+    out = run(ids, mask, observer, 0, max_new_tokens=4, eos_token_id=1)
+    seen = observer.finish(out, attention_mask=mask)
+    assert seen[0].tokens.tolist() == [1] and seen[0].finished and out[0, 3:].tolist() == [0] * (out.shape[1] - 3)

@@ -15,6 +15,7 @@ entropy is that of the model's raw distribution, as in `ead_sdk.generate`.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,7 +110,8 @@ class PolicyObserver(LogitsProcessor):
             `ead_sdk.traces.TraceWriter` with one model); ``None`` to keep results in memory only.
         record_k: top-k log-probabilities recorded per position (for a path).
         logprobs: what `Step.logprobs` holds for the policy: top-``k``, ``"full"`` or ``None``.
-        eos_token_id: end-of-sequence id(s) ending a lane (default: the model's generation config).
+        eos_token_id: end-of-sequence id(s) ending a lane (default: those of the observed
+            ``generate`` call, which may override the model's generation config).
         pad_token_id: the padding id stripped from the left of prompts when `finish` gets no
             attention mask (default: the model's generation config).
         tokenizer: the tokenizer, for the trace's tokenizer fingerprint (optional).
@@ -154,6 +156,7 @@ class PolicyObserver(LogitsProcessor):
         self.model_index, self.num_models = model_index, num_models
         self.logprobs, self.record_k = logprobs, record_k
         gen = getattr(model, "generation_config", None)
+        self._eos_given = eos_token_id is not None
         if eos_token_id is None and gen is not None:
             eos_token_id = gen.eos_token_id
         if pad_token_id is None and gen is not None:
@@ -194,7 +197,7 @@ class PolicyObserver(LogitsProcessor):
                     stacklevel=2,
                 )
             state = self.policy.init_state(int(input_ids.shape[0]), torch, input_ids.device)
-            run = self._run = _Run(input_ids, state, self.eos)
+            run = self._run = _Run(input_ids, state, self._run_eos())
         n, t = run.n, run.steps
         if t > 0:  # the token drawn at the previous step is now the last column
             tok = input_ids[:, -1]
@@ -273,7 +276,7 @@ class PolicyObserver(LogitsProcessor):
         mask = None if attention_mask is None else np.asarray(attention_mask.cpu().numpy()[:, : run.plen], bool)
         vocab = int(run.last_lp.shape[-1])
         self._run = None
-        eos = self.eos.numpy()
+        eos = run.eos.cpu().numpy()
         lanes = []
         for i in range(run.n):
             ends = np.flatnonzero(np.isin(host["gen"][i], eos))
@@ -291,6 +294,20 @@ class PolicyObserver(LogitsProcessor):
         if self._record is not None:
             self._write(lanes, host, vocab)
         return Observation(lanes=tuple(lanes), model_index=self.model_index)
+
+    def _run_eos(self) -> torch.Tensor:
+        """The end-of-sequence ids of the ``generate`` call now starting.
+
+        Those given to the observer; else those ``generate`` was called with (read once per call
+        from its generation config: ``generate(eos_token_id=[])`` ends no lane); else the model's.
+        """
+        if self._eos_given:
+            return self.eos
+        config = _calling_generation_config()
+        if config is None:
+            return self.eos
+        ids = getattr(config, "eos_token_id", None)
+        return torch.as_tensor(np.atleast_1d(np.asarray([] if ids is None else ids, np.int64)))
 
     def _prompt(self, row: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         if mask is not None:
@@ -365,3 +382,18 @@ class PolicyObserver(LogitsProcessor):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _calling_generation_config() -> Any:
+    """The generation config of the ``generate`` call running this processor, if one is on the stack.
+
+    A logits processor is handed only ids and scores; the ids that end a lane are in the config
+    that ``generate`` prepared (its own arguments over the model's defaults), a local of its frames.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        config = frame.f_locals.get("generation_config")
+        if config is not None and hasattr(config, "eos_token_id") and hasattr(config, "max_new_tokens"):
+            return config
+        frame = frame.f_back
+    return None
