@@ -301,32 +301,37 @@ def evaluate(
         res["greedy_completion"][cut] = gen
 
     if live_routing:
-        prompts = task.load_eval_prompts(n_prompts, cut="half")
-        base = res["greedy_completion"]["half"]
-        live: dict = {
-            "cut": "half",
-            "note": "greedy; at each position the large model's argmax is emitted when the small "
-            "model's entropy there exceeds the threshold (the teacher-forced X% quantile): "
-            "rolling_entropy with window 1 and escalation retry_token on the SDK's decode loop",
-        }
-        for key, r in res["teacher_forced"]["route_top_entropy_to_large"].items():
-            thr = r["entropy_threshold_bits"] * LN2
-            scores, share = greedy_scores([small, large], prompts, threshold_nats=thr)
-            summ = _summary(scores)
-            live[key] = {
-                "entropy_threshold_bits": r["entropy_threshold_bits"],
-                "large_share_of_emitted_bytes": round(share, 4),
-                **summ,
-                **{
-                    f"{m}_gap_recovered": _ratio(summ[m] - base["small"][m], base["large"][m] - base["small"][m])
-                    for m in task.METRICS
-                },
-            }
-            log(f"  live routing at the {key} threshold: {live[key]}")
-        res["live_per_token_routing"] = live
+        res["live_per_token_routing"] = _live_routing(res, small, large, n_prompts, log)
     res["per_prompt"] = per
     res["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
     return res
+
+
+def _live_routing(res: dict, small, large, n_prompts: int, log) -> dict:
+    """Greedy completion routed live at each teacher-forced entropy threshold of ``res``."""
+    prompts = task.load_eval_prompts(n_prompts, cut="half")
+    base = res["greedy_completion"]["half"]
+    live: dict = {
+        "cut": "half",
+        "note": "greedy; at each position the large model's argmax is emitted when the small "
+        "model's entropy there exceeds the threshold (the teacher-forced X% quantile): "
+        "rolling_entropy with window 1 and escalation retry_token on the SDK's decode loop",
+    }
+    for key, r in res["teacher_forced"]["route_top_entropy_to_large"].items():
+        thr = r["entropy_threshold_bits"] * LN2
+        scores, share = greedy_scores([small, large], prompts, threshold_nats=thr)
+        summ = _summary(scores)
+        live[key] = {
+            "entropy_threshold_bits": r["entropy_threshold_bits"],
+            "large_share_of_emitted_bytes": round(share, 4),
+            **summ,
+            **{
+                f"{m}_gap_recovered": _ratio(summ[m] - base["small"][m], base["large"][m] - base["small"][m])
+                for m in task.METRICS
+            },
+        }
+        log(f"  live routing at the {key} threshold: {live[key]}")
+    return live
 
 
 def _describe(model) -> dict:

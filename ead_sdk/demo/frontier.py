@@ -171,6 +171,20 @@ def _setting(cal: Calibrated) -> str:
     return ", ".join(f"{k}={params[k]}" for k in keys)
 
 
+def _machine(backend: Any, threads: int) -> dict[str, Any]:
+    """Where the demo ran: platform, torch version, threads and device."""
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": str(backend.device),
+    }
+
+
 def run_demo(
     n: int = 200,
     *,
@@ -227,10 +241,6 @@ def run_demo(
             )
         )
     relative_measures(rows)
-    import platform
-
-    import torch
-
     return {
         "task": "complete the held-out line (ead_sdk.demo.task, cut='half'), greedy, stop at newline",
         "prompts": len(prompts),
@@ -242,12 +252,7 @@ def run_demo(
         "trace_sequences": len(trace_set),
         "models": list(backend.model_names),
         "param_counts": list(backend.param_counts),
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": used_threads,
-            "device": str(backend.device),
-        },
+        "machine": _machine(backend, used_threads),
         "seconds": {"calibration": t_cal, "total": time.perf_counter() - t0},
         "rows": [r.__dict__ for r in rows],
     }

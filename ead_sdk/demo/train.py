@@ -140,8 +140,18 @@ def _save(model, out_dir: str, meta: dict) -> None:
         fh.write("\n")
 
 
+def _optimizer(model, r: ModelRecipe):
+    """AdamW with weight decay on matrices only."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=r.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
 def train_one(r: ModelRecipe, out_dir: str, log_every: int = 100) -> dict:
-    """Train one model from its recipe, save it with the tokenizer to ``out_dir``, return its metadata."""
+    """Train one model from its recipe, save it to ``out_dir``, return its metadata."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -149,14 +159,7 @@ def train_one(r: ModelRecipe, out_dir: str, log_every: int = 100) -> dict:
     model = LlamaForCausalLM(llama_config(r))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=r.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    opt = _optimizer(model, r)
     print(
         f"[{r.name}] layers {r.num_hidden_layers} x {r.hidden_size} wide, "
         f"{n_params:,} parameters, {r.steps} steps of {r.batch_size} x {r.seq_len} bytes",
