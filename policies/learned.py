@@ -93,6 +93,12 @@ class LearnedPolicy(Policy):
             state["window"] = xp.full((n,), window, dtype=xp.int64, **kw)
         return state
 
+    def _top_id(self, step: Step, xp: Any) -> Any:
+        """The most likely token's id: the first of a top-k, the argmax of a full distribution."""
+        if step.token_ids is not None:
+            return xp.astype(step.token_ids[:, 0], xp.int64)
+        return xp.astype(xp.argmax(step.logprobs, axis=-1), xp.int64)
+
     def _top(self, step: Step, xp: Any) -> Any:
         k = self.network.features.k
         logprobs = normalised_logprobs(step, require_logprobs(step, self.name), xp)
@@ -128,6 +134,7 @@ class LearnedPolicy(Policy):
             index=step.index,
             window_mean=None if window_mean is None else xp.astype(window_mean, dtype),
             route_share=route_share,
+            top_id=self._top_id(step, xp) if "token" in spec.names else None,
         )
         z = self.network.logit(x, xp, self._layers(xp, dtype, device_of(x)))
         model = xp.astype(step.model, xp.int64)

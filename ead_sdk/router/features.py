@@ -9,6 +9,7 @@ and in the policy's ``decide`` (any array-API namespace, on device), from the sa
 - ``top1``: the probability of the most likely token;
 - ``position``: ``log(1 + index)`` of the token among the generated ones;
 - ``window``: the mean entropy of the last ``window`` tokens, this one included (fewer at the start);
+- ``token``: the most likely token's id, one-hot over ``buckets`` (ids modulo ``buckets``);
 - ``routes``: the share of the previous ``window`` tokens that the largest model emitted (0 at the
   start); in training it is read from the trace's recorded emitters.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from ead_sdk.arrays import Array
 from ead_sdk.errors import RouterTrainingError
 
-FEATURES = ("entropy", "topk", "margin", "top1", "position", "window", "routes")
+FEATURES = ("entropy", "topk", "margin", "top1", "position", "window", "token", "routes")
 DEFAULT_FEATURES = ("entropy", "topk", "margin", "top1", "position", "window")
 LOGPROB_FLOOR = 30.0
 """Log-probabilities below ``-LOGPROB_FLOOR`` (``-inf`` included) are read as ``-LOGPROB_FLOOR``."""
@@ -32,11 +33,12 @@ LOGPROB_FLOOR = 30.0
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which features, and their sizes: ``k`` log-probabilities, a history of ``window`` tokens."""
+    """Which features, and their sizes: ``k`` log-probabilities, ``window`` tokens of history, ``buckets`` ids."""
 
     names: tuple[str, ...] = DEFAULT_FEATURES
     k: int = 8
     window: int = 4
+    buckets: int = 256
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.names if n not in FEATURES]
@@ -50,28 +52,35 @@ class FeatureSpec:
             raise RouterTrainingError("feature 'margin' needs k >= 2 log-probabilities")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or not 1 <= self.window <= 4096:
             raise RouterTrainingError(f"feature window must be an integer in [1, 4096], got {self.window!r}")
+        if isinstance(self.buckets, bool) or not isinstance(self.buckets, int) or not 1 <= self.buckets <= 65536:
+            raise RouterTrainingError(f"feature buckets must be an integer in [1, 65536], got {self.buckets!r}")
 
     @property
     def width(self) -> int:
         """Columns of a feature row."""
-        return sum(self.k if n == "topk" else 1 for n in self.names)
+        return sum({"topk": self.k, "token": self.buckets}.get(n, 1) for n in self.names)
 
     @property
     def columns(self) -> list[str]:
         """A name per column (``topk`` expands to ``lp0 .. lp{k-1}``)."""
         out: list[str] = []
         for n in self.names:
-            out.extend([f"lp{i}" for i in range(self.k)] if n == "topk" else [n])
+            if n == "topk":
+                out.extend(f"lp{i}" for i in range(self.k))
+            elif n == "token":
+                out.extend(f"token%{self.buckets}={i}" for i in range(self.buckets))
+            else:
+                out.append(n)
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "k": self.k, "window": self.window}
+        return {"names": list(self.names), "k": self.k, "window": self.window, "buckets": self.buckets}
 
     @classmethod
     def from_dict(cls, data: Any) -> FeatureSpec:
         if not isinstance(data, dict) or not isinstance(data.get("names"), Sequence):
             raise RouterTrainingError(f"router features must be an object with 'names', 'k', 'window', got {data!r}")
-        return cls(tuple(data["names"]), data.get("k", 8), data.get("window", 4))
+        return cls(tuple(data["names"]), data.get("k", 8), data.get("window", 4), data.get("buckets", 256))
 
 
 def feature_matrix(
@@ -83,11 +92,12 @@ def feature_matrix(
     index: Array,
     window_mean: Array | None = None,
     route_share: Array | None = None,
+    top_id: Array | None = None,
 ) -> Array:
     """The ``(n, spec.width)`` feature rows from raw signals, all ``(n,)`` but ``top`` ``(n, >= k)``.
 
-    ``top`` holds sorted log-probabilities of the full distribution; every array must share one
-    floating dtype (``index`` is cast to it).
+    ``top`` holds sorted log-probabilities of the full distribution, ``top_id`` the most likely
+    token's id; every float array must share one dtype (``index`` is cast to it).
     """
     dtype = entropy.dtype
     lp = xp.maximum(top[:, : spec.k], xp.asarray(-LOGPROB_FLOOR, dtype=dtype))
@@ -105,6 +115,9 @@ def feature_matrix(
             cols.append(xp.log1p(xp.astype(index, dtype))[:, None])
         elif name == "window":
             cols.append(window_mean[:, None])
+        elif name == "token":
+            ids = xp.arange(spec.buckets, dtype=top_id.dtype, device=getattr(top_id, "device", None))
+            cols.append(xp.astype((top_id % spec.buckets)[:, None] == ids[None, :], dtype))
         else:  # routes
             cols.append(route_share[:, None])
     return xp.concat(cols, axis=1)
@@ -158,5 +171,6 @@ def trace_features(flat: Any, spec: FeatureSpec, *, model: int = 0, source: str 
             index=pos,
             window_mean=window_mean,
             route_share=route_share,
+            top_id=flat.top_ids[:, model, 0].astype(np.int64) if flat.top_ids is not None else None,
         )
     )
