@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 from ead_sdk.policies._common import (
     MissingStepFieldError,
-    normalised_logprobs,
     push_window,
     require_logprobs,
     window_state,
     window_value,
 )
-from ead_sdk.policies.top_h import _largest
+from ead_sdk.policies.top_h import _largest, _logsumexp
 
 from ead_sdk.arrays import as_namespace, default_float, device_of, namespace
 from ead_sdk.hookspecs import hookimpl
@@ -100,16 +99,18 @@ class LearnedPolicy(Policy):
         return xp.astype(xp.argmax(step.logprobs, axis=-1), xp.int64)
 
     def _top(self, step: Step, xp: Any) -> Any:
+        """The ``k`` largest log-probabilities of the step's distribution, sorted."""
         k = self.network.features.k
-        logprobs = normalised_logprobs(step, require_logprobs(step, self.name), xp)
+        logprobs = require_logprobs(step, self.name)
         if logprobs.shape[-1] < k:
             raise MissingStepFieldError(
                 f"policy 'learned' reads the top-{k} log-probabilities, but the step carries {logprobs.shape[-1]}: "
                 f"record or request at least k={k}"
             )
-        if step.token_ids is None:  # a full distribution: its k largest, sorted
-            return _largest(logprobs, k, xp)
-        return logprobs[:, :k]
+        if step.token_ids is not None:  # a top-k of log-probabilities already
+            return logprobs[:, :k]
+        # A full row, maybe raw logits: the k largest first, then one fused normalisation pass.
+        return _largest(logprobs, k, xp) - _logsumexp(logprobs, xp)
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["cut"])

@@ -9,6 +9,7 @@ recovered, ``(a - a_small) / (1 - a_small)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,23 +89,26 @@ RULES: tuple[tuple[str, dict[str, Any], str | None, tuple[float, float]], ...] =
 
 def compare_frontiers(
     traces: TraceSet,
-    router: dict[str, Any],
+    routers: Mapping[str, dict[str, Any]],
     *,
     escalations: tuple[str, ...] = ("next", "retry", "retry_token"),
     points: int = 41,
 ) -> dict[str, Any]:
-    """Every rule of `RULES` and ``router`` (a ``learned`` spec) in each escalation mode, and the oracle.
+    """Every rule of `RULES` in each escalation mode, each router, and the oracle, replayed on ``traces``.
 
-    Returns ``{"small": a, "large": 1.0, "oracle": point, "curves": [FrontierCurve...]}``.
+    ``routers`` maps an escalation mode to the ``learned`` spec trained for it (a mode without one
+    uses any given router). Returns ``{"small": agreement, "oracle": point, "curves": [FrontierCurve...]}``.
     """
     data = ReplayData.from_traces(traces)
     curves = []
-    entries = [*RULES, ("learned", router, "threshold", (0.0, 1.0))]
+    fallback = next(iter(routers.values()))
+    entries = [*RULES, ("learned", None, "threshold", (0.0, 1.0))]
     for label, spec, param, (lo, hi) in entries:
         for esc in escalations:
             if label == "cost_budget" and esc != "next":
                 continue  # a budget is a cap on shares, the same in every mode here
-            policy = load_policy({**spec, "escalation": esc})
+            base = spec if spec is not None else routers.get(esc, fallback)
+            policy = load_policy({**base, "escalation": esc})
             values = np.linspace(lo, hi, points)
             if label == "hysteresis":
                 values = values[values > 1.0]
