@@ -315,3 +315,16 @@ def test_train_router_command(tmp_path):
     assert isinstance(load_policy(out), LearnedPolicy)
     bad = runner.invoke(app, ["train-router", str(path), "--out", str(out), "--features", "entropy,nope"])
     assert bad.exit_code == 1 and "unknown feature" in bad.stderr
+
+
+def test_the_shipped_demo_router_is_what_the_script_trains(tmp_path):
+    """``python -m ead_sdk.demo.learned_router`` rebuilds the committed router byte for byte, and
+    its held-out figures are those of a router trained without the test sequences."""
+    from ead_sdk.demo.learned_router import router_path, train
+
+    figures = train(tmp_path / "router.json")
+    assert (tmp_path / "router.json").read_text() == router_path().read_text()
+    training = figures["training"]
+    assert training["sequences"]["test"] > 0 and training["held_out"]["split"] == "test"
+    rows = {(r["policy"], r["escalation"]) for r in figures["frontier"]}
+    assert ("learned", "retry_token") in rows and ("confidence", "retry_token") in rows
