@@ -20,6 +20,7 @@ from ead_sdk.router import (
     FeatureSpec,
     RouterNetwork,
     file_sha256,
+    label_positions,
     position_dataset,
     router_spec,
     split_sequences,
@@ -73,9 +74,16 @@ def test_labels_match_a_loop_over_ranks(seed, k, p, rule):
         _reference_label(flat.top_ids[i, 0], flat.top_ids[i, 1], flat.top_logprobs[i, 1], rule, p)
         for i in range(flat.top_ids.shape[0])
     ]
+    differ, known = label_positions(flat, rule, p=p)
+    assert known.tolist() == [e is not None for e in expect]
+    assert differ.tolist() == [bool(e) for e in expect]
     if any(e is None for e in expect):
         with pytest.raises(RouterTrainingError, match="undecidable.*first: sequence"):
             would_differ(flat, rule, p=p)
+        # Allowed to drop them, a trainer keeps exactly the decided positions.
+        assert would_differ(flat, rule, p=p, max_unknown=1.0).tolist() == differ.tolist()
+        x, y, _ = position_dataset(traces, FeatureSpec(("entropy",), k=1), label=rule, p=p, max_unknown=1.0)
+        assert y.tolist() == [bool(e) for e in expect if e is not None] and x.shape[0] == y.shape[0]
         return
     assert would_differ(flat, rule, p=p).tolist() == expect
 
@@ -314,7 +322,7 @@ def test_train_router_command(tmp_path):
     assert figures["features"] == ["entropy", "topk", "window"] and figures["held_out"]["auc"] > 0.5
     assert isinstance(load_policy(out), LearnedPolicy)
     bad = runner.invoke(app, ["train-router", str(path), "--out", str(out), "--features", "entropy,nope"])
-    assert bad.exit_code == 1 and "unknown feature" in bad.stderr
+    assert bad.exit_code == 1 and "ead train-router: error: unknown feature" in bad.stderr
 
 
 def test_the_shipped_demo_router_is_what_the_script_trains(tmp_path):

@@ -24,6 +24,7 @@ def train_router(
         "top1", help="top1 (greedy tokens differ) or top_p (small's token outside large's top-p)"
     ),
     p: float = typer.Option(0.9, help="nucleus mass of the top_p label"),
+    max_unknown: float = typer.Option(0.0, help="share of positions a top_p label may leave undecided (dropped)"),
     escalation: str = typer.Option("retry_token", help="escalation mode the router will run in"),
     k: int = typer.Option(None, help="log-probabilities read (default: min(8, the trace's k))"),
     window: int = typer.Option(4, help="tokens of history for the window and routes features"),
@@ -59,6 +60,7 @@ def train_router(
         valid=valid,
         test=test,
         seed=seed,
+        max_unknown=max_unknown,
     )
     router_spec(net, out, escalation=escalation, weights=weights)
     figures = {**dataclasses.asdict(rep), "out": str(out), "parameters": net.size}

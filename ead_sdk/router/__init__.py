@@ -8,7 +8,7 @@ policy spec (docs/learned-router.md).
 from __future__ import annotations
 
 from ead_sdk.router.features import DEFAULT_FEATURES, FEATURES, FeatureSpec, feature_matrix, trace_features
-from ead_sdk.router.labels import LABELS, would_differ
+from ead_sdk.router.labels import LABELS, label_positions, would_differ
 from ead_sdk.router.network import RouterNetwork, file_sha256, network_from_json, save_weights
 from ead_sdk.router.training import (
     TrainingReport,
@@ -29,6 +29,7 @@ __all__ = [
     "TrainingReport",
     "auc",
     "feature_matrix",
+    "label_positions",
     "file_sha256",
     "network_from_json",
     "position_dataset",

@@ -39,8 +39,10 @@ def _need_topk(flat: FlatTrace, rule: str, source: str) -> tuple[np.ndarray, np.
     return flat.top_ids, flat.top_logprobs
 
 
-def would_differ(flat: FlatTrace, rule: str = "top1", *, p: float = 0.9, source: str = "traces") -> np.ndarray:
-    """Per position of ``flat`` (flat row order), whether the largest model would emit another token.
+def label_positions(
+    flat: FlatTrace, rule: str = "top1", *, p: float = 0.9, source: str = "traces"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per position of ``flat`` (flat row order): the label, and whether the recording decides it.
 
     Args:
         flat: the trace's flat columns (`TraceSet.flat`), with ``top_ids`` and ``top_logprobs``.
@@ -49,11 +51,12 @@ def would_differ(flat: FlatTrace, rule: str = "top1", *, p: float = 0.9, source:
         source: the trace's name, for error messages.
 
     Returns:
-        bool ``(N,)``: the label of each position, comparing the smallest and the largest model.
+        ``(differ, known)``, bool ``(N,)`` each: whether the largest model would emit another token
+        than the smallest one, and whether the recorded top-k decides it (always, for ``"top1"``;
+        ``differ`` is False where it is not known).
 
     Raises:
-        RouterTrainingError: no top-k recorded, an unknown rule, a ``p`` out of range, or (``"top_p"``)
-            positions where the recorded top-k cannot decide the label (the message names the first).
+        RouterTrainingError: no top-k recorded, an unknown rule, or a ``p`` out of range.
     """
     if rule not in LABELS:
         raise RouterTrainingError(f"unknown label rule {rule!r}; known: {list(LABELS)}")
@@ -61,7 +64,8 @@ def would_differ(flat: FlatTrace, rule: str = "top1", *, p: float = 0.9, source:
     small_top = top_ids[:, 0, 0]
     large = flat.meta.num_models - 1
     if rule == "top1":
-        return small_top != top_ids[:, large, 0]
+        differ = small_top != top_ids[:, large, 0]
+        return differ, np.ones_like(differ)
     if not 0.0 < p <= 1.0:
         raise RouterTrainingError(f"label 'top_p': p must be in (0, 1], got {p}")
     probs = np.exp(top_lp[:, large, :].astype(np.float64))
@@ -70,13 +74,43 @@ def would_differ(flat: FlatTrace, rule: str = "top1", *, p: float = 0.9, source:
     match = top_ids[:, large, :] == small_top[:, None]
     found = match.any(axis=1)
     inside = (match & in_set).any(axis=1)
-    covered = probs.sum(axis=1) >= p
-    unknown = ~found & ~covered
-    if unknown.any():
-        rows = np.flatnonzero(unknown)
+    known = found | (probs.sum(axis=1) >= p)
+    return ~inside & known, known
+
+
+def would_differ(
+    flat: FlatTrace, rule: str = "top1", *, p: float = 0.9, max_unknown: float = 0.0, source: str = "traces"
+) -> np.ndarray:
+    """`label_positions`' labels, refusing traces whose top-k leaves too many positions undecided.
+
+    Args:
+        flat: the trace's flat columns.
+        rule: ``"top1"`` or ``"top_p"``.
+        p: the nucleus mass of ``"top_p"``.
+        max_unknown: the largest share of positions the recording may leave undecided (their
+            label reads False; a trainer drops them, see `label_positions`).
+        source: the trace's name, for error messages.
+
+    Raises:
+        RouterTrainingError: as `label_positions`, or (``"top_p"``) more than ``max_unknown`` of the
+            positions undecided: the message counts them and names the first.
+    """
+    differ, known = label_positions(flat, rule, p=p, source=source)
+    check_unknown(flat, known, rule, p, max_unknown, source)
+    return differ
+
+
+def check_unknown(flat: FlatTrace, known: np.ndarray, rule: str, p: float, max_unknown: float, source: str) -> None:
+    """Refuse when more than ``max_unknown`` of the positions have no label."""
+    if not 0.0 <= max_unknown <= 1.0:
+        raise RouterTrainingError(f"max_unknown must be a share in [0, 1], got {max_unknown}")
+    unknown = ~known
+    count = int(unknown.sum())
+    if count and count > max_unknown * unknown.size:
+        first = _position_of(flat, int(np.flatnonzero(unknown)[0]))
         raise RouterTrainingError(
-            f"{source}: label 'top_p' with p={p:g} is undecidable at {rows.size} of {unknown.size} positions "
-            f"(first: {_position_of(flat, int(rows[0]))}): the large model's recorded top-{flat.meta.k} neither "
-            f"holds the small model's token nor reaches mass {p:g}; record a larger k or use a smaller p"
+            f"{source}: label {rule!r} with p={p:g} is undecidable at {count} of {unknown.size} positions "
+            f"(first: {first}): the large model's recorded top-{flat.meta.k} neither holds the small model's "
+            f"token nor reaches mass {p:g}; record a larger k, use a smaller p, or allow dropping them "
+            f"(max_unknown, --max-unknown; now {max_unknown:g})"
         )
-    return ~inside

@@ -20,7 +20,7 @@ import numpy as np
 from ead_sdk.errors import RouterTrainingError
 from ead_sdk.interface import ESCALATIONS, RETRYING
 from ead_sdk.router.features import FeatureSpec, trace_features
-from ead_sdk.router.labels import would_differ
+from ead_sdk.router.labels import check_unknown, label_positions
 from ead_sdk.router.network import INLINE_LIMIT, RouterNetwork, save_weights
 from ead_sdk.traces.traceset import TraceSet
 
@@ -60,24 +60,33 @@ def _rows(offsets: np.ndarray, seqs: np.ndarray) -> np.ndarray:
 
 
 def position_dataset(
-    traces: TraceSet, spec: FeatureSpec, *, label: str = "top1", p: float = 0.9, offset: int = 0
+    traces: TraceSet,
+    spec: FeatureSpec,
+    *,
+    label: str = "top1",
+    p: float = 0.9,
+    offset: int = 0,
+    max_unknown: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels and sequence index of every decision along ``traces``.
 
     The decision at position ``t`` reads the smallest model's signals at ``t`` and is labelled with
     `would_differ` at ``t + offset``: 0 for a retrying escalation (the larger model re-emits the
     position just seen), 1 for ``"next"`` (the route is for the following position). Decisions
-    whose labelled position lies past the sequence's end are dropped.
+    whose labelled position lies past the sequence's end, or is undecided by the recording (at most
+    ``max_unknown`` of them, see `would_differ`), are dropped.
     """
     flat = traces.flat()
     x = trace_features(flat, spec, source=traces.source)
-    y = would_differ(flat, label, p=p, source=traces.source)
+    y, known = label_positions(flat, label, p=p, source=traces.source)
+    check_unknown(flat, known, label, p, max_unknown, traces.source)
     lengths = np.diff(flat.offsets)
     seq = np.repeat(np.arange(lengths.size), lengths)
     pos = np.arange(seq.size) - flat.offsets[seq]
     keep = pos + offset < lengths[seq]
     y_at = np.zeros_like(y)
     y_at[keep] = y[np.flatnonzero(keep) + offset]
+    keep[keep] = known[np.flatnonzero(keep) + offset]
     return x[keep], y_at[keep], seq[keep]
 
 
@@ -224,6 +233,7 @@ def train_router(
     seed: int = 0,
     max_iter: int = 500,
     patience: int = 20,
+    max_unknown: float = 0.0,
 ) -> tuple[RouterNetwork, TrainingReport]:
     """Train a router on ``traces``; return the network and a `TrainingReport`.
 
@@ -242,6 +252,8 @@ def train_router(
         seed: seeds the split and the initial weights.
         max_iter: L-BFGS iterations at most.
         patience: stop after this many iterations without a better validation loss.
+        max_unknown: the share of positions whose ``"top_p"`` label the recording may leave
+            undecided; they are dropped (default 0: refuse any).
     """
     if model not in MODELS:
         raise RouterTrainingError(f"model must be one of {list(MODELS)}, got {model!r}")
@@ -254,7 +266,7 @@ def train_router(
     if features is None:
         features = FeatureSpec(k=max(2, min(8, int(traces.meta.k))))
     offset = 0 if escalation in RETRYING else 1
-    x, y, seq = position_dataset(traces, features, label=label, p=p, offset=offset)
+    x, y, seq = position_dataset(traces, features, label=label, p=p, offset=offset, max_unknown=max_unknown)
     split = split_sequences(len(traces), valid, test, seed)
     parts = {name: np.isin(seq, getattr(split, name)) for name in ("train", "valid", "test")}
     xt, yt = x[parts["train"]], y[parts["train"]].astype(np.float64)
