@@ -129,3 +129,11 @@ class ObserverError(EadError, ValueError):
 
 class HostSyncError(EadError):
     """Code that must stay on the device asked for a value on the host."""
+
+
+class RouterTrainingError(EadError, ValueError):
+    """Traces that cannot train or label a learned router (k too small, too few sequences...)."""
+
+
+class WeightsIntegrityError(SpecError):
+    """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""

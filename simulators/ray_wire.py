@@ -2,7 +2,7 @@
 
 A Ray task returns its totals (or the SDK error it hit) as a small Arrow table of
 `TOTALS_SCHEMA`; the driver merges the rows exactly with `merge_table`, which raises a reported
-error as its own class. Only JSON-able values and Arrow tables travel, never pickled objects.
+error as its own class. Only JSON-able values and Arrow tables travel, never Python objects.
 """
 
 from __future__ import annotations
