@@ -63,12 +63,15 @@ class GenerateResult:
         cost_model: the per-model costs the reports use.
         recording_cost: the cost of teacher-forced scoring done for a recorded trace, kept apart
             from the routing cost (``None`` when nothing was scored).
+        recording_skipped: lanes left out of the recorded trace because their signals were bad
+            (`ead_sdk.recording.SkippedLane`: lane, model, position, prompt); each was also warned.
     """
 
     lanes: tuple[LaneResult, ...]
     report: CostReport
     cost_model: CostModel
     recording_cost: CostReport | None = None
+    recording_skipped: tuple[Any, ...] = ()
 
     def __len__(self) -> int:
         return len(self.lanes)
@@ -455,16 +458,17 @@ def _run(
                     text=backend.decode(gen.tolist()),
                 )
             )
-        recording_cost = None
+        recording_cost, skipped = None, ()
         if recorder is not None:
             recorder.lanes_done(np.arange(n), tokens, emitters, length)
-            recording_cost = recorder.finish(cost_model)
+            recording_cost, skipped = recorder.finish(cost_model), tuple(recorder.skipped)
             recorder = None
         box["result"] = GenerateResult(
             lanes=tuple(lanes_out),
             report=ledger.report(cost_model),
             cost_model=cost_model,
             recording_cost=recording_cost,
+            recording_skipped=skipped,
         )
     finally:
         if recorder is not None:  # interrupted: the sequences completed so far stay readable

@@ -134,6 +134,25 @@ class TraceWriter:
         self.close()
 
 
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``dest``; without ``overwrite`` a file that appeared meanwhile is kept.
+
+    Checking that ``dest`` is absent and then renaming would let a concurrent writer's file be
+    replaced silently; a hard link fails atomically when ``dest`` exists.
+    """
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise TraceError(f"{dest}: already exists (written by another process meanwhile?); not replaced") from None
+    except OSError:  # a file system without hard links: the check-then-rename fallback
+        if dest.exists():
+            raise TraceError(f"{dest}: already exists (pass overwrite=True to replace it)") from None
+        os.replace(tmp, dest)
+
+
 def write_traces(
     traces: TraceSet,
     path: str | os.PathLike[str],
@@ -158,7 +177,7 @@ def write_traces(
                 out.write_table(table, max_chunksize=row_group_rows)
         else:
             raise TraceError(f"format must be 'parquet' or 'ipc', got {format!r}")
-        os.replace(tmp, dest)
+        _publish(tmp, dest, overwrite)
     finally:
         if tmp.exists():
             tmp.unlink()
