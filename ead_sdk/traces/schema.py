@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ead_sdk import strict_json
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import TraceError
 
@@ -106,8 +107,8 @@ class TraceMeta:
     def from_json(cls, text: str | bytes, *, source: str = "<trace>") -> TraceMeta:
         """Parse and check the stored metadata; refuse a newer or unknown format version."""
         try:
-            raw = json.loads(text)
-        except ValueError as exc:
+            raw = strict_json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise TraceError(f"{source}: trace metadata is not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise TraceError(f"{source}: trace metadata must be a JSON object")
