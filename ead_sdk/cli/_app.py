@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -108,9 +109,11 @@ def _root() -> None:
 @user_errors
 def policies(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """List the discovered policies, their distributions and parameters."""
-    from ead_sdk.registry import default_registry
+    from ead_sdk.registry import PluginWarning, default_registry
 
-    reg = default_registry()
+    with warnings.catch_warnings():  # each problem is printed below, once
+        warnings.simplefilter("ignore", PluginWarning)
+        reg = default_registry()
     if as_json:
         echo_json(
             {
