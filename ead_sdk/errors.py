@@ -45,3 +45,7 @@ class TraceError(EadError, ValueError):
 
 class BackendError(EadError):
     """A model backend that cannot serve the request (mismatched tokenizers, bad prompts...)."""
+
+
+class PolicyError(EadError):
+    """A policy's ``decide`` failed, or returned routes or state that break the contract."""
