@@ -39,7 +39,9 @@ def user_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = functools.partial(_show_warning, fn)
+                return fn(*args, **kwargs)
         except (EadError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             msg = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.strerror}: {exc.filename}"
             _fail(fn, msg)
@@ -47,6 +49,12 @@ def user_errors(fn: F) -> F:
             _fail(fn, f"{exc} (install the extras: pip install 'ead-sdk[all]')")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _show_warning(fn: Callable[..., Any], message: Warning | str, category: type, *_: Any, **__: Any) -> None:
+    """A warning as one line on stderr, ``ead COMMAND: warning: MSG`` (no source file and line)."""
+    msg = " ".join(str(message).split())
+    typer.echo(f"ead {fn.__name__.rstrip('_')}: warning: {msg}", err=True)
 
 
 def _fail(fn: Callable[..., Any], msg: str) -> NoReturn:

@@ -9,6 +9,7 @@ without copying. The layout is specified in ``docs/trace-format.md``.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +26,9 @@ FORMAT_VERSION = 1
 
 META_KEY = b"ead_sdk.trace"
 """The Arrow schema-metadata key holding the JSON-encoded `TraceMeta`."""
+
+META_CRC_KEY = b"ead_sdk.trace.crc32"
+"""The schema-metadata key holding the CRC-32 (decimal) of that JSON (see ``traces/integrity.py``)."""
 
 POSITION_COLUMNS = (
     "token_ids",
@@ -235,4 +239,5 @@ def trace_schema(meta: TraceMeta) -> pa.Schema:
         pa.field("correct", pa.list_(pa.bool_(), m)),
         pa.field("extra", pa.string()),
     ]
-    return pa.schema(fields, metadata={META_KEY: meta.to_json().encode()})
+    raw = meta.to_json().encode()
+    return pa.schema(fields, metadata={META_KEY: raw, META_CRC_KEY: str(zlib.crc32(raw)).encode()})

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from ead_sdk import strict_json
 from ead_sdk.errors import TraceError
 from ead_sdk.traces.codec import _values, sequences_to_batch
+from ead_sdk.traces.integrity import check_meta
 from ead_sdk.traces.schema import META_KEY, POSITION_COLUMNS, SequenceTrace, TraceMeta, trace_schema
 
 LOGPROB_SLACK = 1e-3
@@ -22,11 +23,19 @@ def meta_of(schema: pa.Schema, source: str) -> TraceMeta:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceError(f"{source}: not an ead-sdk trace (no {META_KEY.decode()!r} schema metadata)")
+    check_meta(raw, dict(schema.metadata), source)
     return TraceMeta.from_json(raw, source=source)
 
 
 def check_schema(schema: pa.Schema, source: str, columns: Iterable[str] | None = None) -> TraceMeta:
     """Check that ``schema`` is a trace schema holding ``columns`` (all by default), typed right."""
+    try:
+        return _check_schema(schema, source, columns)
+    except (UnicodeDecodeError, pa.ArrowException) as exc:  # names or metadata that are not text: damage
+        raise TraceError(f"{source}: damaged schema ({str(exc)[:120]})") from None
+
+
+def _check_schema(schema: pa.Schema, source: str, columns: Iterable[str] | None) -> TraceMeta:
     meta = meta_of(schema, source)
     expected = trace_schema(meta)
     wanted = list(expected.names if columns is None else columns)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ead_sdk.atomic_write import atomic_path
 from ead_sdk.errors import TraceError
 from ead_sdk.traces.codec import sequences_to_batch
+from ead_sdk.traces.integrity import batch_metadata
 from ead_sdk.traces.schema import SequenceTrace, TraceMeta, trace_schema
 from ead_sdk.traces.traceset import TraceSet
 from ead_sdk.traces.validate import validate_batch
@@ -108,7 +109,7 @@ class TraceWriter:
             return
         table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
         batch = table.to_batches()[0]
-        self._stream.write_batch(batch)
+        self._stream.write_batch(batch, custom_metadata=batch_metadata(batch))
         self._sync()
         self.rows_written += batch.num_rows
         self.batches_written += 1
@@ -171,10 +172,11 @@ def write_traces(
     try:
         table = traces.table.cast(trace_schema(traces.meta))
         if format == "parquet":
-            pq.write_table(table, tmp, row_group_size=row_group_rows, compression="zstd")
+            pq.write_table(table, tmp, row_group_size=row_group_rows, compression="zstd", write_page_checksum=True)
         elif format == "ipc":
             with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as out:
-                out.write_table(table, max_chunksize=row_group_rows)
+                for batch in table.to_batches(max_chunksize=row_group_rows):
+                    out.write_batch(batch, custom_metadata=batch_metadata(batch))
         else:
             raise TraceError(f"format must be 'parquet' or 'ipc', got {format!r}")
         _publish(tmp, dest, overwrite)
