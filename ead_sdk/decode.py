@@ -310,7 +310,7 @@ def _stops(stop: Sequence[str | int]) -> tuple[str | int, ...]:
     for s in stop:
         if isinstance(s, str) and s:
             out.append(s)
-        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0:
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 0 <= s < 2**63:
             out.append(int(s))
         else:
             raise BackendError(f"stop entries must be non-empty strings or token ids, got {s!r}")

@@ -170,3 +170,30 @@ def test_differing_vocabularies_without_a_tokenizer_are_warned_naming_both_sizes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TransformersBackend([SMALL, LARGE])  # equal vocabularies: no warning
+
+
+@pytest.mark.parametrize("seed", [2**70, -1, "x", True])
+def test_a_seed_out_of_range_is_named(seed: Any) -> None:
+    """Found while looking for more of the kind: torch's OverflowError/ValueError on a huge or odd seed."""
+    with pytest.raises(BackendError, match=r"sampling: seed must be None or an integer in \[0, 2\*\*63\)"):
+        Sampling(do_sample=True, seed=seed)
+
+
+def test_a_stop_id_out_of_range_is_named() -> None:
+    """Found while looking for more of the kind: an OverflowError building the stop-id array."""
+    with pytest.raises(BackendError, match=r"stop entries must be non-empty strings or token ids"):
+        generate(pair(), FixedPolicy(), [[5]], max_new_tokens=2, stop=[2**70])
+
+
+def test_prompt_files_that_are_not_text_or_too_deep_are_named(tmp_path: Path) -> None:
+    from ead_sdk.cli._app import UserError
+    from ead_sdk.cli.live import read_prompts
+
+    binary = tmp_path / "p.txt"
+    binary.write_bytes(b"\xff\xfe bad\n")
+    with pytest.raises(UserError, match=r"p.txt: not UTF-8 text"):
+        read_prompts(binary)
+    deep = tmp_path / "p.jsonl"
+    deep.write_text("[" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"p.jsonl:1: not valid JSON \(nested more than"):
+        read_prompts(deep)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from ead_sdk import strict_json
 from ead_sdk.cli._app import UserError, app, console, echo_json, err_console, fmt, to_json, user_errors
 from ead_sdk.demo.run import FRONTIER_TARGETS
 from ead_sdk.errors import EadError
@@ -41,16 +41,19 @@ def _backend(models: tuple[str, str] | None, threads: int | None) -> Any:
 
 def read_prompts(path: Path) -> list[str]:
     """Prompts from a file: JSON Lines (a string or a ``{"prompt": ...}`` object per line), or text, one per line."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     prompts: list[str] = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if path.suffix == ".jsonl":
             try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+                item = strict_json.loads(line)
+            except ValueError as exc:
+                raise UserError(f"{path}:{i}: not valid JSON ({str(exc)[:120]})") from None
             item = item.get("prompt") if isinstance(item, dict) else item
             if not isinstance(item, str):
                 raise UserError(f"{path}:{i}: expected a string or an object with a 'prompt' string")
