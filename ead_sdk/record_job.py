@@ -58,38 +58,67 @@ class RecordOutcome:
     interrupted: str | None = None
 
 
+class _Signals:
+    """SIGINT and SIGTERM as exceptions, held back while a sequence is being written to the stream.
+
+    An interrupt landing between writing a record batch and forgetting it would write that
+    batch twice; one landing before the write would drop a finished sequence. Inside `critical`
+    the signal is remembered and raised when the write is done.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: type[KeyboardInterrupt] | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        exc = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if self.depth:
+            self.pending = exc
+            return
+        raise exc
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if not self.depth and self.pending is not None:
+                exc, self.pending = self.pending, None
+                raise exc
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route SIGINT and SIGTERM here within the block (main thread only; elsewhere a no-op)."""
+        try:
+            previous = {sig: signal.signal(sig, self.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
 class _OffsetWriter:
     """Shifts a batch's lane numbers to prompt indices before the shared stream writer sees them."""
 
-    def __init__(self, writer: Any, offset: int):
-        self.writer, self.offset, self.meta = writer, offset, writer.meta
+    def __init__(self, writer: Any, offset: int, signals: _Signals):
+        self.writer, self.offset, self.meta, self.signals = writer, offset, writer.meta, signals
         self.done: set[int] = set()
 
     def write(self, seq: Any) -> None:
         sid = self.offset + int(seq.fields["sequence_id"])
-        self.writer.write(dataclasses.replace(seq, fields={**seq.fields, "sequence_id": sid}))
-        self.done.add(sid)
+        with self.signals.critical():
+            self.writer.write(dataclasses.replace(seq, fields={**seq.fields, "sequence_id": sid}))
+            self.done.add(sid)
 
     def flush(self) -> None:
-        self.writer.flush()
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` (main thread only; elsewhere a no-op)."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        with self.signals.critical():
+            self.writer.flush()
 
 
 def _open_stream(out: Path, meta: Any) -> Any:
@@ -128,12 +157,19 @@ def _meta(backend: Backend, policy: Policy, k: int, max_new_tokens: int, stop: S
 
 
 def _record_batch(
-    backend: Backend, policy: Policy, prompts: Sequence[str], writer: Any, start: int, outcome: RecordOutcome, **kw: Any
+    backend: Backend,
+    policy: Policy,
+    prompts: Sequence[str],
+    writer: Any,
+    start: int,
+    outcome: RecordOutcome,
+    signals: _Signals,
+    **kw: Any,
 ) -> None:
     """Decode one batch into the stream; a live failure is retried lane by lane to isolate the bad one."""
     from ead_sdk.decode import generate
 
-    shifted = _OffsetWriter(writer, start)
+    shifted = _OffsetWriter(writer, start, signals)
     try:
         res = generate(backend, policy, list(prompts), record=shifted, **kw)
     except BackendError:
@@ -143,7 +179,7 @@ def _record_batch(
             if start + i in shifted.done:
                 continue
             try:
-                _record_batch(backend, policy, [prompt], writer, start + i, outcome, **kw)
+                _record_batch(backend, policy, [prompt], writer, start + i, outcome, signals, **kw)
             except BackendError as exc:
                 outcome.problems.append((start + i, f"{exc} (prompt {prompt[:80]!r})"))
         return
@@ -175,10 +211,12 @@ def record_prompts(
     writer = _open_stream(out, _meta(backend, policy, k, max_new_tokens, stop))
     outcome = RecordOutcome(None, writer.path, len(prompts))
     kw = {"max_new_tokens": max_new_tokens, "stop": list(stop), "record_k": k}
+    signals = _Signals()
     try:
-        with sigterm_as_interrupt():
+        with signals.installed():
             for start in range(0, len(prompts), batch):
-                _record_batch(backend, policy, prompts[start : start + batch], writer, start, outcome, **kw)
+                chunk = prompts[start : start + batch]
+                _record_batch(backend, policy, chunk, writer, start, outcome, signals, **kw)
                 if progress is not None:
                     progress(len(prompts[start : start + batch]))
     except KeyboardInterrupt as exc:
@@ -204,4 +242,4 @@ def _publish(outcome: RecordOutcome, out: Path, overwrite: bool) -> RecordOutcom
     return outcome
 
 
-__all__ = ["RecordOutcome", "Terminated", "record_prompts", "sigterm_as_interrupt", "stream_path"]
+__all__ = ["RecordOutcome", "Terminated", "record_prompts", "stream_path"]

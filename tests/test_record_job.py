@@ -21,7 +21,7 @@ from ead_sdk.record_job import record_prompts, stream_path  # noqa: E402
 from ead_sdk.recording import RecordingWarning  # noqa: E402
 from ead_sdk.traces import TraceMeta, TraceWriter, read_traces, write_traces  # noqa: E402
 from ead_sdk.traces.recover import recover  # noqa: E402
-from tests.test_hf_backend import LARGE, SMALL  # noqa: E402
+from tests.test_hf_backend import LARGE, SMALL, tiny  # noqa: E402
 
 PROMPTS = [[5, 6, 7], [9], [11, 12, 13, 14]]
 
@@ -116,3 +116,19 @@ def test_recover_keeps_the_complete_batches_of_a_cut_stream(tmp_path: Path) -> N
     got = read_traces(res.path)
     assert 1 <= res.sequences < len(whole) and res.notes
     assert got.table.equals(whole.table.slice(0, res.sequences))
+
+
+def test_a_lane_failing_live_is_isolated_and_the_others_recorded(tmp_path: Path) -> None:
+    """A live non-finite distribution aborts the batch's decode loop; each unfinished prompt is then
+    retried alone, so only the prompt that fails is reported (with its index and text)."""
+    broken = tiny(2, 32, seed=3)
+    with torch.no_grad():
+        broken.model.embed_tokens.weight[40] = float("nan")  # any lane whose prompt holds token 40
+    backend = TransformersBackend([SMALL, broken], eos_token_id=[])
+    backend.encode = lambda text: [ord(c) - 60 for c in text]  # type: ignore[method-assign]
+    out = tmp_path / "o.parquet"
+    prompts = ["abc", "de", "dd", "fgh"]  # 'd' is token 40
+    res = record_prompts(backend, FixedPolicy(model=1), prompts, out, max_new_tokens=4, batch=4, k=0)
+    assert [i for i, _ in res.problems] == [1, 2]
+    assert "non-finite logits" in res.problems[0][1] and "'de'" in res.problems[0][1]
+    assert sorted(s.fields["sequence_id"] for s in read_traces(out).sequences()) == [0, 3]
