@@ -42,6 +42,23 @@ def decide_checked(policy: Policy, state: State, step: Step, n: int, position: i
     return routes, new
 
 
+def init_checked(policy: Policy, n: int, xp: Any, device: Any = None) -> State:
+    """``policy.init_state(n, xp, device)``, checked to be a dict of arrays with ``n`` rows each.
+
+    Raises:
+        PolicyError: ``init_state`` raised, or returned something else (naming the policy).
+    """
+    where = f"policy {policy.name!r} (init_state)"
+    try:
+        state = policy.init_state(n, xp, device) if device is not None else policy.init_state(n, xp)
+    except EadError:
+        raise
+    except Exception as exc:  # a bug in the policy: name it, keep the original as the cause
+        raise PolicyError(f"{where}: raised {type(exc).__name__}: {exc}") from exc
+    _check_state(where, state if isinstance(state, dict) else {}, state, n)
+    return state
+
+
 def _check_routes(where: str, routes: Any, n: int) -> None:
     shape, dtype = getattr(routes, "shape", None), getattr(routes, "dtype", None)
     if shape is None or dtype is None:

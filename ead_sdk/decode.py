@@ -18,7 +18,7 @@ import numpy as np
 from ead_sdk.arrays import Array, as_namespace, to_numpy
 from ead_sdk.backend import Backend, DecodeRequest, Draw, LogprobRequest, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.decision import decide_checked, is_integer_dtype
+from ead_sdk.decision import decide_checked, init_checked, is_integer_dtype
 from ead_sdk.errors import BackendError, EadError, ModelCountError
 from ead_sdk.interface import RETRYING, Policy, Step
 
@@ -363,7 +363,7 @@ def _run(
     finish = ["length"] * n
     live = np.ones(n, bool)
     routes = np.full(n, policy.initial_model, np.int64)
-    state = policy.init_state(n, xp, device)
+    state = init_checked(policy, n, xp, device)
     retry_mode = policy.escalation in RETRYING
     # retry_token: an escalation re-emits one token; the next position stays with the escalating model.
     token_only = policy.escalation == "retry_token"

@@ -25,6 +25,10 @@ _POLICY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(spec_or_path, Mapping):
         return dict(spec_or_path)
+    if not isinstance(spec_or_path, (str, os.PathLike)) or isinstance(os.fspath(spec_or_path), bytes):
+        raise SpecError(
+            f"a policy spec is a dict, a JSON string, a policy name or a path; got {type(spec_or_path).__name__}"
+        )
     text = os.fspath(spec_or_path)
     if text.lstrip().startswith(("{", "[")):
         source, raw = "<string>", text
@@ -118,6 +122,9 @@ def _load(spec_or_path: Mapping[str, Any] | str | os.PathLike[str], registry: Po
     params = spec.get("params", {})
     if not isinstance(params, Mapping):
         raise ParameterError(f"policy {name!r}: 'params' must be an object, got {type(params).__name__}")
+    odd = [k for k in params if not isinstance(k, str)]
+    if odd:
+        raise ParameterError(f"policy {name!r}: parameter names must be strings, got {odd[0]!r:.40}")
     params = {k: _from_json(name, k, v) for k, v in params.items()}
     if version != cls.version:
         params = cls.upgrade_params(version, dict(params))

@@ -197,3 +197,25 @@ def test_prompt_files_that_are_not_text_or_too_deep_are_named(tmp_path: Path) ->
     deep.write_text("[" * 100_000 + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"p.jsonl:1: not valid JSON \(nested more than"):
         read_prompts(deep)
+
+
+class BadInit(Bad):
+    def init_state(self, n: int, xp: Any, device: Any = None) -> State:
+        if self.how == "raises":
+            raise KeyError("missing")
+        return {"count": np.zeros(n + 1, np.int64)}
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [("raises", r"policy 'bad' \(init_state\): raised KeyError"), ("rows", r"state 'count' must have 3 rows")],
+)
+def test_init_state_bugs_name_the_policy(how: str, message: str) -> None:
+    """Found while looking for more of the kind: a policy's init_state failing gave a raw error."""
+    with pytest.raises(PolicyError, match=message):
+        generate(pair(), BadInit(how), [[5], [6, 7], [8]], max_new_tokens=4)
+    meta = make_meta(m=2, k=2)
+    rng = np.random.default_rng(0)
+    traces = TraceSet.from_sequences(meta, [make_sequence(rng, meta, 5, i) for i in range(3)])
+    with pytest.raises(PolicyError, match=message):
+        replay(traces, BadInit(how))

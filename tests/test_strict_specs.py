@@ -70,3 +70,16 @@ def test_fixed_with_a_model_out_of_range_names_model() -> None:
     """Before, the error named 'initial_model', which the user never set."""
     with pytest.raises(ModelCountError, match="policy 'fixed': model 5 is not one of 2 models"):
         load_policy({"policy": "fixed", "params": {"model": 5}}).check_models(2)
+
+
+@pytest.mark.parametrize("spec", [None, b'{"policy": "fixed"}', 5])
+def test_a_spec_of_the_wrong_kind_is_a_spec_error(spec) -> None:
+    """Found while looking for more of the kind: os.fspath's raw TypeError."""
+    with pytest.raises(SpecError, match="a policy spec is a dict, a JSON string, a policy name or a path"):
+        load_policy(spec)
+
+
+def test_a_parameter_name_that_is_not_a_string_is_named() -> None:
+    """Found while looking for more of the kind: Python's 'keywords must be strings' TypeError."""
+    with pytest.raises(ParameterError, match="policy 'fixed': parameter names must be strings, got 1"):
+        load_policy({"policy": "fixed", "params": {1: 2}})
