@@ -223,7 +223,13 @@ def record_prompts(
         outcome.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
     finally:
         writer.close()
-    return _publish(outcome, out, overwrite)
+    try:
+        return _publish(outcome, out, overwrite)
+    except KeyboardInterrupt:
+        raise TraceError(
+            f"interrupted while writing {out}; every finished sequence is still in {outcome.stream}: "
+            f"run `ead traces recover {outcome.stream} --out {out}`"
+        ) from None
 
 
 def _publish(outcome: RecordOutcome, out: Path, overwrite: bool) -> RecordOutcome:

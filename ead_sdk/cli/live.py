@@ -81,7 +81,9 @@ def _bar(disable: bool) -> Progress:
 @user_errors
 def record(
     prompts: Path = typer.Option(..., "--prompts", help="prompts file: .jsonl, or text with one prompt per line"),
-    out: Path = typer.Option(..., "--out", "-o", help="the trace file to write (Parquet)"),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="the trace file to write (Parquet); finished sequences wait in OUT.arrows beside it"
+    ),
     models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     policy: str = typer.Option("fixed", "--policy", "-p", help="the policy that routes the recorded trajectory"),
     k: int = typer.Option(8, "--k", help="top-k log-probabilities recorded per model and position"),
