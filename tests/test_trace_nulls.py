@@ -70,3 +70,15 @@ def test_extra_that_is_not_a_json_object_is_refused_at_read(tmp_path: Path, extr
     bad = table.set_column(table.schema.get_field_index("extra"), "extra", column)
     with pytest.raises(TraceError, match=rf"sequence 1 \(sequence_id 11\), field 'extra': {message}"):
         read_traces(_write_table(tmp_path, bad))
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"), [([5], "index 5 out of range"), ([-1], "index -1 out of range"), ([1.5], "integer")]
+)
+def test_take_refuses_bad_indices(indices, message) -> None:
+    """Found while looking for more of the kind: a raw ArrowIndexError, and 1.5 floored to 1."""
+    meta, table = _good_table()
+    from ead_sdk.traces import TraceSet
+
+    with pytest.raises(TraceError, match=message):
+        TraceSet(meta, table).take(indices)
