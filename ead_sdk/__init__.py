@@ -20,11 +20,13 @@ from ead_sdk.errors import (
     ParameterError,
     PluginError,
     PolicyError,
+    RouterTrainingError,
     SignalError,
     SpecError,
     SpecVersionError,
     TraceError,
     UnknownPolicyError,
+    WeightsIntegrityError,
 )
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
@@ -76,6 +78,7 @@ __all__ = [
     "PolicyError",
     "PolicyInfo",
     "PolicyRegistry",
+    "RouterTrainingError",
     "Routes",
     "SignalError",
     "SpecError",
@@ -84,6 +87,7 @@ __all__ = [
     "Step",
     "TraceError",
     "UnknownPolicyError",
+    "WeightsIntegrityError",
     "concat_states",
     "entropy",
     "from_nats",

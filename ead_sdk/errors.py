@@ -47,5 +47,13 @@ class BackendError(EadError):
     """A model backend that cannot serve the request (mismatched tokenizers, bad prompts...)."""
 
 
+class RouterTrainingError(EadError, ValueError):
+    """Traces that cannot train or label a learned router (k too small, too few sequences...)."""
+
+
+class WeightsIntegrityError(SpecError):
+    """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""
+
+
 class PolicyError(EadError):
     """A policy's ``decide`` failed, or returned routes or state that break the contract."""
