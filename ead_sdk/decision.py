@@ -30,8 +30,8 @@ def decide_checked(policy: Policy, state: State, step: Step, n: int, position: i
     where = f"policy {policy.name!r} at step {position}"
     try:
         out = policy.decide(state, step)
-    except EadError as exc:
-        raise PolicyError(f"{where}: {exc}") from exc
+    except EadError as exc:  # the SDK's own error (a missing step field...): same class, the step added
+        raise _with_step(exc, policy.name, position) from exc
     except Exception as exc:  # a bug in the policy: name it, keep the original as the cause
         raise PolicyError(f"{where}: decide raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(out, tuple) or len(out) != 2:
@@ -40,6 +40,17 @@ def decide_checked(policy: Policy, state: State, step: Step, n: int, position: i
     _check_routes(where, routes, n)
     _check_state(where, state, new, n)
     return routes, new
+
+
+def _with_step(exc: EadError, name: str, position: int) -> EadError:
+    """``exc`` re-made with the step in its message (and the policy, if it did not name it); its class kept."""
+    text = str(exc)
+    named = f"policy {name!r}" in text
+    msg = f"{text} (at step {position})" if named else f"policy {name!r} at step {position}: {text}"
+    try:
+        return type(exc)(msg)
+    except Exception:  # noqa: BLE001 - an error class with another constructor: keep it as it is
+        return exc
 
 
 def init_checked(policy: Policy, n: int, xp: Any, device: Any = None) -> State:

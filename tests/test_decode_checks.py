@@ -15,7 +15,7 @@ from ead_sdk.simulators import replay
 
 from ead_sdk import PolicyError
 from ead_sdk.backend import Sampling
-from ead_sdk.errors import BackendError
+from ead_sdk.errors import BackendError, SignalError
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.traces import TraceSet
 from tests.test_traces import make_meta, make_sequence
@@ -52,6 +52,8 @@ class Bad(Policy):
             return routes, new
         if self.how == "raises":
             raise ZeroDivisionError("boom")
+        if self.how == "sdk":
+            raise SignalError("the step carries no top-k")
         if self.how == "drops":
             return routes, {}
         if self.how == "shape":
@@ -90,6 +92,11 @@ def test_replay_names_the_policy_and_the_step(how: str, message: str) -> None:
     traces = TraceSet.from_sequences(meta, [make_sequence(rng, meta, 5, i) for i in range(3)])
     with pytest.raises(PolicyError, match=message):
         replay(traces, Bad(how))
+
+
+def test_an_sdk_error_from_decide_keeps_its_class_and_gains_the_step() -> None:
+    with pytest.raises(SignalError, match=r"policy 'bad' at step 1: the step carries no top-k"):
+        generate(pair(), Bad("sdk"), [[5], [6, 7], [8]], max_new_tokens=4)
 
 
 def test_a_policy_error_in_the_trace_backend_loop_too() -> None:
