@@ -277,15 +277,24 @@ def test_sampling_is_seeded_and_uses_warpers() -> None:
 
 
 def test_stream_yields_what_generate_returns() -> None:
-    """The streaming form yields every (lane, token, model) in order, then the same result."""
-    s = stream(pair(), TokenMod(), [[5, 6], [7, 8, 9]], max_new_tokens=5)
+    """The streaming form yields every (lane, token, model) in order, then the result that
+    `generate` returns for the same request (tokens, emitters, finish reasons, cost reports)."""
+    prompts = [[5, 6], [7, 8, 9]]
+    kw = {"max_new_tokens": 5, "sampling": Sampling(do_sample=True, temperature=2.0, seed=5), "stop": [40]}
+    s = stream(pair(), TokenMod(), prompts, **kw)
     events = list(s)
     result = s.result()
+    direct = generate(pair(), TokenMod(), prompts, **kw)
+    assert direct[0].tokens != generate(pair(), TokenMod(), prompts, max_new_tokens=5)[0].tokens  # sampled
+    assert [(x.tokens, x.models, x.finish_reason, x.report) for x in result] == [
+        (x.tokens, x.models, x.finish_reason, x.report) for x in direct
+    ]
+    assert result.report == direct.report
     for lane in range(2):
         mine = [e for e in events if e.lane == lane]
         assert [e.token for e in mine] == list(result[lane].tokens)
         assert [e.model for e in mine] == list(result[lane].models)
-        assert [e.index for e in mine] == list(range(5))
+        assert [e.index for e in mine] == list(range(len(result[lane].tokens)))
 
 
 def test_bad_input_errors() -> None:
