@@ -111,6 +111,10 @@ class TraceError(EadError, ValueError):
     """A trace file or dataset that is malformed, truncated, foreign or from a newer format."""
 
 
+class RecordingWarning(UserWarning):
+    """A lane's signals could not be recorded (non-finite values); its sequence was left out."""
+
+
 class TraceWarning(UserWarning):
     """A trace was read only in part (a truncated or unterminated stream)."""
 
@@ -137,3 +141,7 @@ class RouterTrainingError(EadError, ValueError):
 
 class WeightsIntegrityError(SpecError):
     """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""
+
+
+class PolicyError(EadError):
+    """A policy's ``decide`` failed, or returned routes or state that break the contract."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.decision import decide_checked, init_checked
 from ead_sdk.errors import EngineError, ModelCountError, RouteError, TraceError
 from ead_sdk.escalation import rule
 from ead_sdk.interface import Policy, Step
@@ -260,7 +261,7 @@ def _replay_blocks(
     computed = np.full((t_max, n), -1, np.int8)
     emitted = np.full((t_max, n), -1, np.int8)
     ledger = CostLedger(n, m_count, data.flat.prompt_lengths[seq])
-    state = policy.init_state(n, xp)
+    state = init_checked(policy, n, xp)
     topk = with_topk and data.top_logprobs is not None
     lengths = data.lengths[seq]
 
@@ -379,7 +380,7 @@ def _run(
             vocab_size=vocab,
             future=future,
         )
-        routes, state = policy.decide(state, step)
+        routes, state = decide_checked(policy, state, step, n, t)
         routes = _checked_routes(policy, routes, n, m_count, first_lane)
         if full:
             computed[t] = model

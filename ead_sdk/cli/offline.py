@@ -15,6 +15,7 @@ from ead_sdk.cli._app import app, console, default_traces, echo_json, fmt, user_
 from ead_sdk.errors import UserError
 
 TRACES_HELP = "a trace file or Parquet dataset (default: the embedded demo traces)"
+RECOVER_HELP = "read a stream cut short by a crash up to its last complete batch (a warning says how much)"
 SUMMARY_KEYS = (
     "sequences",
     "tokens",
@@ -95,6 +96,7 @@ def replay(
     traces: Path = typer.Argument(None, help=TRACES_HELP, show_default=False),
     policy: str = typer.Option(..., "--policy", "-p", help="a policy spec: a name, a JSON string or a .json file"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
     """Replay a policy on recorded traces: the cost/quality report (teacher-forced, one fixed path)."""
     from ead_sdk.simulators import replay as run_replay
@@ -103,7 +105,7 @@ def replay(
 
     path = default_traces(traces)
     pol = load_policy(policy)
-    result = run_replay(read_traces(path), pol)
+    result = run_replay(read_traces(path, recover=recover), pol)
     summary = result.summary()
     if as_json:
         echo_json({"traces": str(path), "policy": pol.spec(), "summary": summary, "report": result.report().as_dict()})
@@ -135,6 +137,7 @@ def sweep(
         None, "--address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, else a local instance)"
     ),
     batch_rows: int = typer.Option(1024, "--batch-rows", help="sequences per Ray task (--engine ray)"),
+    recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP + " (--engine local)"),
 ) -> None:
     """Replay every configuration of a parameter grid in one batched run: table and Pareto frontier."""
     from ead_sdk.simulators import LocalEngine, RayEngine
@@ -154,7 +157,9 @@ def sweep(
         plot.parent.mkdir(parents=True, exist_ok=True)
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: expected local or ray")
-    trace_set = read_traces(path, columns=["correct"] if engine == "ray" else None)
+    if recover and engine == "ray":
+        raise UserError("--recover reads a crashed stream locally; compact it first for --engine ray")
+    trace_set = read_traces(path, columns=["correct"] if engine == "ray" else None, recover=recover)
     if quality is None:
         quality = "quality" if _has_labels(trace_set) else "agreement"
     if engine == "ray":  # the workers read the dataset; this process reads only the labels column
@@ -240,6 +245,7 @@ def calibrate(
     high: float = typer.Option(None, help="upper end of the search interval"),
     out: Path = typer.Option(None, "--out", "-o", help="write the calibrated policy spec (JSON) here"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
     """Pick one parameter so that replay hits a target large-model share (or cost ratio)."""
     from ead_sdk.simulators import calibrate as run_calibrate
@@ -253,7 +259,7 @@ def calibrate(
     with Progress(transient=True, console=console, disable=as_json) as bar:
         bar.add_task("calibrating", total=None)
         res = run_calibrate(
-            read_traces(path),
+            read_traces(path, recover=recover),
             pol,
             param,
             target_large_share=target_large_share,

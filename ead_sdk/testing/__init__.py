@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         check_policy,
         parametrize_with_checks,
     )
+    from ead_sdk.testing.dwell import dwell_violations
     from ead_sdk.testing.episodes import Episode, EpisodeRun, decide_along, make_episode, run_episode, to_namespace
     from ead_sdk.testing.models import tiny_llama
 
@@ -41,6 +42,7 @@ _WHERE = {
     "run_episode": "ead_sdk.testing.episodes",
     "to_namespace": "ead_sdk.testing.episodes",
     "tiny_llama": "ead_sdk.testing.models",
+    "dwell_violations": "ead_sdk.testing.dwell",
 }
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "EpisodeRun",
     "check_policy",
     "decide_along",
+    "dwell_violations",
     "make_episode",
     "parametrize_with_checks",
     "run_episode",
