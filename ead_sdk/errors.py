@@ -45,3 +45,7 @@ class TraceError(EadError, ValueError):
 
 class BackendError(EadError):
     """A model backend that cannot serve the request (mismatched tokenizers, bad prompts...)."""
+
+
+class RayConnectionError(EadError, ConnectionError):
+    """The Ray cluster named by ``address`` could not be joined (unreachable, or its token refused)."""
