@@ -102,9 +102,14 @@ def test_every_command_has_help(command: str) -> None:
     result = ead(command, "--help")
     assert result.exit_code == 0, result.output
     assert f"Usage: ead {command}" in result.stdout
-    if command not in ("record",):
-        assert "--json" in result.stdout
+    assert "--json" in result.stdout  # every command that reports figures has it (docs/quickstart.md says so)
     assert "--help" in result.stdout
+
+
+def test_sweep_help_names_every_escalation_mode() -> None:
+    text = " ".join(ead("sweep", "--help").stdout.split())
+    for mode in ESCALATIONS:
+        assert mode in text, mode
 
 
 def test_root_help_lists_every_command() -> None:
@@ -437,6 +442,17 @@ def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_p
     assert data["summary"]["sequences"] == 3 and data["summary"]["tokens"] == 18
     again = ead("record", "--models", *pair, "--prompts", pfile, "--out", out)
     assert_user_error(again, "record", "already exists", "--overwrite")
+    data = ok_json(ead("record", "--prompts", pfile, "--out", out, "--max-new-tokens", 4, "--overwrite", "--json"))
+    traces = read_traces(out)
+    assert data == {
+        "out": str(out),
+        "sequences": 3,
+        "tokens": traces.num_tokens,
+        "models": ["small", "large"],
+        "param_counts": list(traces.meta.param_counts),
+        "k": 8,
+        "policy": jsonable(load_policy("fixed").spec()),
+    }
 
 
 def eval_rows_are_consistent(rows: list[dict[str, Any]]) -> None:

@@ -88,6 +88,7 @@ def record(
     batch: int = typer.Option(16, min=1, help="prompts decoded together"),
     threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output (no progress bar)"),
 ) -> None:
     """Decode prompts live and record every model's signals along the trajectory (teacher-forced)."""
     from ead_sdk.decode import generate
@@ -101,7 +102,7 @@ def record(
     backend = _backend(models, threads)
     stops = [s.replace("\\n", "\n") for s in stop]
     parts = []
-    with tempfile.TemporaryDirectory() as tmp, _bar(False) as bar:
+    with tempfile.TemporaryDirectory() as tmp, _bar(as_json) as bar:
         task = bar.add_task("recording", total=len(texts))
         for start in range(0, len(texts), batch):
             chunk = texts[start : start + batch]
@@ -116,7 +117,24 @@ def record(
             bar.advance(task, len(chunk))
         merged = TraceSet.concat(parts)
         path = write_traces(merged, out, overwrite=True)
+    if as_json:
+        echo_json(_record_figures(merged, path, pol))
+        return
     console.print(f"wrote {len(merged)} sequences, {merged.num_tokens} tokens to {path}")
+
+
+def _record_figures(traces: Any, path: Path, policy: Any) -> dict[str, Any]:
+    """What ``ead record --json`` prints: the file written and what it holds."""
+    meta = traces.meta
+    return {
+        "out": str(path),
+        "sequences": len(traces),
+        "tokens": traces.num_tokens,
+        "models": list(meta.model_names),
+        "param_counts": list(meta.param_counts),
+        "k": meta.k,
+        "policy": policy.spec(),
+    }
 
 
 @app.command()

@@ -117,7 +117,7 @@ def sweep(
     traces: Path = typer.Argument(None, help=TRACES_HELP, show_default=False),
     policy: str = typer.Option(..., "--policy", "-p", help="the policy name"),
     grid: list[str] = typer.Option(..., "--grid", "-g", help="NAME=START:STOP:COUNT or NAME=V1,V2 (repeatable)"),
-    escalation: str = typer.Option("next", help="escalation mode of every configuration: next or retry"),
+    escalation: str = typer.Option("next", help="escalation mode of every configuration: next, retry or retry_token"),
     quality: str = typer.Option(
         None,
         help="frontier quality: agreement, loglik_per_token or quality "
