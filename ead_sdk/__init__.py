@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ead_sdk.arrays import as_namespace, namespace
 from ead_sdk.backend import Backend, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.decode import DecodeStream, GenerateResult, LaneResult, TokenEvent, generate, stream
@@ -59,6 +60,8 @@ __all__ = [
     "generate",
     "stream",
     "REQUIRED",
+    "as_namespace",
+    "namespace",
     "BackendError",
     "CostLedger",
     "CostModel",

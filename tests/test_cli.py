@@ -412,6 +412,19 @@ def test_generate_prints_the_text_then_the_cost_report(pair: list[str]) -> None:
     assert "return os.path." in result.stdout
     assert "models: small  large" in result.stdout and "policy: fixed" in result.stdout
     assert "large share 0.000" in result.stdout and "cost ratio" in result.stdout
+    assert "large model: 0 decode steps for 6 tokens (large alone: 6, 100% fewer)" in result.stdout
+
+
+def test_generate_reports_the_large_models_decode_steps(pair: list[str]) -> None:
+    """The steps line is the report's own figures: large forwards minus its catch-up tokens."""
+    spec = json.dumps({"policy": "rolling_entropy", "params": {"window": 1, "threshold": 1.0}})
+    data = ok_json(ead("generate", "--models", *pair, "--policy", spec, "--max-new-tokens", 24, "--json", PROMPT))
+    rep = data["report"]
+    steps = rep["forwards"][1] - rep["catchup"][1]
+    assert steps == rep["emitted"][1] + rep["wasted"][1]  # every large step emitted a token or was a wasted retry
+    text = ead("generate", "--models", *pair, "--policy", spec, "--max-new-tokens", 24, PROMPT).stdout
+    assert f"large model: {steps} decode steps for {rep['tokens']} tokens" in " ".join(text.split())
+    assert f"plus {rep['catchup'][1]} tokens read in catch-up passes" in " ".join(text.split())
 
 
 def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_path: Path) -> None:

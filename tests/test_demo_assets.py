@@ -32,3 +32,15 @@ def test_shipped_traces_and_prompts_are_readable():
     assert len(texts) >= 8 and all(isinstance(t, str) and t for t in texts)
     lines = demo.prompts.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["prompt"] for line in lines] == texts
+
+
+def test_the_pair_loads_from_the_paths_as_given():
+    """``TransformersBackend(assets().models)``: pathlib paths are local paths like strings."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    from ead_sdk.backends.hf import TransformersBackend
+
+    backend = TransformersBackend(assets().models)
+    assert backend.num_models == 2 and backend.param_counts[0] < backend.param_counts[1]
+    assert backend.model_names == TransformersBackend([str(p) for p in assets().models]).model_names
