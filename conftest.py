@@ -27,8 +27,6 @@ from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipP
 
 ROOT = Path(__file__).resolve().parent
 SHELL_TIMEOUT_S = 600
-# docs/examples holds a plugin package (its own tests run in tests/test_example_plugin.py).
-collect_ignore_glob = ["docs/examples/*"]
 
 
 def _shell_env() -> dict[str, str]:

@@ -44,6 +44,10 @@ class RayUnavailableError(EadError, ImportError):
 def connect(address: str | None = None) -> ModuleType:
     """Import Ray and join (or start) a cluster; an already initialised Ray is reused as is.
 
+    Joining a cluster presents this machine's Ray token when there is one (a head started by
+    ``ray start`` with a token refuses clients without it); a cluster that cannot be joined
+    raises `RayConnectionError` saying what to set.
+
     Args:
         address: ``"auto"``, ``"ray://host:10001"``, ``"host:6379"``... (default: ``RAY_ADDRESS``
             when set, else a local instance on this machine's CPUs).
