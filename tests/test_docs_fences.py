@@ -33,7 +33,9 @@ def test_every_fence_names_a_language_the_docs_tests_know(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert len(FENCE.findall(text)) % 2 == 0, f"{page.name}: an unclosed fence"
     unknown = [lang or "(none)" for lang in _fences(text) if lang not in RUN | SHOWN]
-    assert not unknown, f"{page.name}: fences the docs tests would not run: {unknown} (use one of {sorted(RUN | SHOWN)})"
+    assert not unknown, (
+        f"{page.name}: fences the docs tests would not run: {unknown} (use one of {sorted(RUN | SHOWN)})"
+    )
 
 
 def test_skips_are_few_and_each_says_why() -> None:
