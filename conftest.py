@@ -7,13 +7,14 @@ takes a new block language as one more parser. Each page runs in a fresh tempora
 so no example may depend on the repository's layout or the current directory.
 
 Languages run: ``python`` (in this process, one namespace per page), ``bash`` (``bash -e -o
-pipefail`` in the page's directory, with the installed ``ead`` and this Python first on PATH)
-and ``toml`` (parsed). ``text`` blocks (output, trees) are not run; tests/test_docs_fences.py
+pipefail`` in the page's directory, with the installed ``ead`` and this Python first on PATH),
+and ``toml`` and ``json`` (parsed). ``text`` blocks (output, trees) are not run; tests/test_docs_fences.py
 checks that every fence is tagged with one of these languages.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -67,6 +68,11 @@ def parse_toml(example) -> None:
     tomllib.loads(example.parsed)
 
 
+def parse_json(example) -> None:
+    """A ``json`` block must be valid JSON."""
+    json.loads(example.parsed)
+
+
 def _page_setup(namespace: dict) -> None:
     """Each page starts in a fresh, empty temporary directory (its shell and Python blocks alike)."""
     namespace["_page_dir"] = tempfile.mkdtemp(prefix="ead-docs-")
@@ -85,6 +91,7 @@ pytest_collect_file = Sybil(
         PythonCodeBlockParser(),
         CodeBlockParser(language="bash", evaluator=run_shell),
         CodeBlockParser(language="toml", evaluator=parse_toml),
+        CodeBlockParser(language="json", evaluator=parse_json),
     ],
     patterns=["README.md", "docs/*.md"],
     path=".",

@@ -21,11 +21,13 @@ from ead_sdk.errors import (
     ParameterError,
     PluginError,
     RayConnectionError,
+    RouterTrainingError,
     SignalError,
     SpecError,
     SpecVersionError,
     TraceError,
     UnknownPolicyError,
+    WeightsIntegrityError,
 )
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
@@ -79,6 +81,7 @@ __all__ = [
     "PolicyInfo",
     "PolicyRegistry",
     "RayConnectionError",
+    "RouterTrainingError",
     "Routes",
     "SignalError",
     "SpecError",
@@ -87,6 +90,7 @@ __all__ = [
     "Step",
     "TraceError",
     "UnknownPolicyError",
+    "WeightsIntegrityError",
     "concat_states",
     "entropy",
     "from_nats",

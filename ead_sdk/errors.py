@@ -49,3 +49,11 @@ class BackendError(EadError):
 
 class RayConnectionError(EadError, ConnectionError):
     """The Ray cluster named by ``address`` could not be joined (unreachable, or its token refused)."""
+
+
+class RouterTrainingError(EadError, ValueError):
+    """Traces that cannot train or label a learned router (k too small, too few sequences...)."""
+
+
+class WeightsIntegrityError(SpecError):
+    """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUN = {"python", "bash", "toml"}  # run or parsed by conftest.py
+RUN = {"python", "bash", "toml", "json"}  # run or parsed by conftest.py
 SHOWN = {"text"}  # output, trees, messages: shown, not run
 FENCE = re.compile(r"^```(\S*)", re.M)
 SKIP = re.compile(r"<!--\s*skip:\s*(\w+)(.*?)-->", re.S)
