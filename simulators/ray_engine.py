@@ -151,7 +151,7 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
 
     from ead_sdk.traces.reader import _dataset_files, detect_format, read_meta
 
-    path = Path(source)
+    path = Path(source).absolute()  # Ray's workers do not share the driver's current directory
     fmt = detect_format(path)
     if fmt not in ("parquet", "parquet-dataset"):
         raise TraceError(
