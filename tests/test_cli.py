@@ -459,12 +459,15 @@ def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_p
     traces = read_traces(out)
     assert data == {
         "out": str(out),
+        "prompts": 3,
         "sequences": 3,
         "tokens": traces.num_tokens,
         "models": ["small", "large"],
         "param_counts": list(traces.meta.param_counts),
         "k": 8,
         "policy": jsonable(load_policy("fixed").spec()),
+        "problems": [],
+        "interrupted": None,
     }
 
 
