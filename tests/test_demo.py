@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ead_sdk.demo import demo_dir, large_model_dir, model_dirs, small_model_dir, task, tokenizer_dir, weights_dir
@@ -272,6 +272,7 @@ def tok() -> Any:
 
 @settings(max_examples=150)
 @given(text=st.text(max_size=80))
+@example(text="<|pad|>x<|endoftext|>")  # special tokens spelled in text stay bytes
 def test_the_tokenizer_is_one_id_per_utf8_byte(tok: Any, text: str) -> None:
     """For any text: the ids are its UTF-8 bytes (no special tokens added) and decoding gives the text back."""
     ids = tok(text)["input_ids"]
@@ -293,7 +294,7 @@ def test_the_tokenizer_round_trips_arbitrary_bytes(tok: Any, data: bytes) -> Non
 
 
 def test_the_committed_tokenizer_is_the_script_s(tok: Any) -> None:
-    """The committed tokenizer equals `build_tokenizer()`, and it is stored once (not in the model directories)."""
+    """The committed tokenizer equals `build_tokenizer()`; it is stored once, and each model folder links to it."""
     from ead_sdk.backends.hf import tokenizer_fingerprint
     from ead_sdk.demo.tokenizer import build_tokenizer, check_tokenizer
 
@@ -301,7 +302,8 @@ def test_the_committed_tokenizer_is_the_script_s(tok: Any) -> None:
     assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(build_tokenizer())
     assert (tok.eos_token_id, tok.pad_token_id, len(tok)) == (task.EOS_ID, task.PAD_ID, task.VOCAB_SIZE)
     for d in model_dirs():
-        assert not [f.name for f in tokenizer_dir().iterdir() if (d / f.name).exists()], d
+        for f in tokenizer_dir().iterdir():
+            assert (d / f.name).is_symlink() and (d / f.name).resolve() == f.resolve(), (d, f.name)
 
 
 # ------------------------------------------------------------------------------ the task

@@ -13,9 +13,10 @@
       python -m ead_sdk.demo.evaluate_pair
 
 The committed weights: ``weights/small`` and ``weights/large`` (``config.json`` +
-``model.safetensors``) and their shared tokenizer ``weights/tokenizer``, loadable offline with
+``model.safetensors``, and links to their one shared tokenizer ``weights/tokenizer``),
+loadable offline with
 ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)`` and
-``AutoTokenizer.from_pretrained(tokenizer_dir(), local_files_only=True)``. :func:`assets` gives every
+``AutoTokenizer.from_pretrained(path, local_files_only=True)``. :func:`assets` gives every
 shipped file's path (the pair, the traces, a prompts file) wherever the package is installed::
 
     from ead_sdk.demo import assets
@@ -91,8 +92,8 @@ class DemoAssets:
     """The paths of what ships with the SDK for examples: the model pair, its traces, prompts.
 
     Attributes:
-        small: the small model's directory (route 0); the pair shares ``tokenizer``.
-        large: the large model's directory (route 1).
+        small: the small model's directory (route 0), tokenizer included (a link to ``tokenizer``).
+        large: the large model's directory (route 1), tokenizer included (a link to ``tokenizer``).
         models: ``(small, large)``, smallest first, as every model-pair API takes them.
         tokenizer: the shared byte-level tokenizer's directory.
         traces: traces recorded from the pair (one Parquet file, 192 sequences, top-8 log-probs).

@@ -55,6 +55,7 @@ def build_tokenizer():
         pad_token=PAD_TOKEN,
         clean_up_tokenization_spaces=False,
         model_max_length=MODEL_MAX_LENGTH,
+        split_special_tokens=True,  # text is always bytes: a spelled "<|endoftext|>" is not EOS
     )
 
 
@@ -65,6 +66,7 @@ def check_tokenizer(tok) -> None:
         "",
         " leading space and trailing  ",
         "class A(B):\n\tpass\n",
+        "<|endoftext|> spelled out, <|pad|> too",
     ]
     for s in samples:
         ids = tok(s, add_special_tokens=True)["input_ids"]

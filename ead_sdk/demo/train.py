@@ -24,7 +24,8 @@ AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear warm-up then cosine
 gradient clipping at 1.0, batches of random 320-byte windows (so a 200-byte prompt plus its
 next line stays inside the trained context). Each model is saved with ``save_pretrained``
 (``config.json`` + ``model.safetensors``, fp32) with a ``train_meta.json`` recording the recipe,
-the corpus fingerprint and the measured time; the shared tokenizer is saved once, in ``tokenizer/``.
+the corpus fingerprint and the measured time; the shared tokenizer is saved once, in
+``tokenizer/``, and linked into each model's folder.
 """
 
 from __future__ import annotations
@@ -138,6 +139,17 @@ def _save(model, out_dir: str, meta: dict) -> None:
     with open(os.path.join(out_dir, "train_meta.json"), "w") as fh:
         json.dump(meta, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    link_shared_tokenizer(out_dir)
+
+
+def link_shared_tokenizer(model_dir: str) -> None:
+    """Link the pair's one tokenizer (``../tokenizer``) into ``model_dir``, so each folder loads alone."""
+    shared = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "tokenizer")
+    for name in sorted(os.listdir(shared)):
+        link = os.path.join(model_dir, name)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.join("..", "tokenizer", name), link)
 
 
 def _optimizer(model, r: ModelRecipe):
