@@ -85,8 +85,16 @@ class CostModel:
         return (steps * decode).sum(-1) + (catchup * caught).sum(-1)
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-able form; ``CostModel(**d)`` rebuilds it."""
+        """A JSON-able form; `from_dict` (or ``CostModel(**d)``) rebuilds it."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CostModel:
+        """Rebuild a cost model from `as_dict`'s form (extra keys, such as a measurement's notes, are ignored)."""
+        if not isinstance(data, dict) or "costs" not in data:
+            raise EadError("a cost model is a JSON object with a 'costs' list (see CostModel.as_dict)")
+        known = {"costs", "unit", "names", "catchup_costs"}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)

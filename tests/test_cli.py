@@ -27,7 +27,7 @@ from ead_sdk.registry import default_registry
 from ead_sdk.specs import load_policy
 from ead_sdk.traces import read_traces, validate_table, write_traces
 
-COMMANDS = ("policies", "replay", "sweep", "calibrate", "record", "generate", "eval", "demo")
+COMMANDS = ("policies", "replay", "sweep", "calibrate", "record", "generate", "eval", "demo", "view")
 BUILT_IN = {"rolling_entropy", "fixed", "hysteresis", "top_h", "cost_budget", "random", "confidence", "oracle"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RE_SPEC = {
