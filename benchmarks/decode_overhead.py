@@ -10,6 +10,12 @@ Three figures, each measured in one run side by side (best of ``--repeats``):
    same loop, divided by the ideal ``1 / cost_ratio`` of its cost report (parameter counts,
    every catch-up token counted as a forward). Printed beside it: the ideal with measured
    seconds per decode token, and the stricter ideal where catch-up passes are free.
+4. ``time_prediction_error``: the speed-up over large-only that `CostModel.measure` (each model's
+   decode step and catch-up pass timed on this machine, at this batch size) predicts from the
+   switching run's report alone, against the realised speed-up of 3.; also the prediction from
+   both runs' reports. Printed as ``predicted/realised - 1``. The measurement runs one round
+   between each of the race's rounds (fastest of them kept, as the race keeps the fastest run),
+   so both see the same load.
 
 Runs on CUDA when present, else CPU (one thread unless ``--threads``). Prints one line last:
 ``hf_throughput_ratio=<a> policy_overhead=<b> realised_vs_ideal=<c>``.
@@ -31,6 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ead_sdk import CostModel, generate
 from ead_sdk.signals import entropy
+from ead_sdk.timing import combine_timings, measure_forward_times
 
 
 def model(hidden: int, layers: int, vocab: int, seed: int) -> Any:
@@ -120,6 +127,17 @@ def main() -> None:
 
     hf_generate(large), ours(FixedPolicy(model=1))  # warm-up
     switching = RollingEntropyPolicy(window=4, threshold=median_entropy(small, ids, backend.vocab_size), unit="nats")
+    rounds: list[Any] = []  # 4.: one measurement round between the race's rounds, under the same load
+
+    def measure_round() -> None:
+        rounds.append(
+            measure_forward_times(
+                backend, batch=args.batch, prompt_len=args.prompt_len, repeats=1, warmup=0, policy=switching
+            )
+        )
+
+    measure_round()  # warm-up
+    rounds.clear()
     times, outs = race(
         args.repeats,
         {
@@ -127,6 +145,7 @@ def main() -> None:
             "large": lambda: ours(FixedPolicy(model=1)),
             "small": lambda: ours(FixedPolicy(model=0)),
             "switch": lambda: ours(switching),
+            "measure": measure_round,
         },
         device,
     )
@@ -175,6 +194,31 @@ def main() -> None:
         f"hf_throughput_ratio={ratio:.3f} policy_overhead={overhead:.4f} "
         f"realised_vs_ideal={realised / ideal_params:.3f}"
     )
+    time_prediction(combine_timings(rounds), out, outs["large"], (t_large, t_switch))
+
+
+def time_prediction(timings: Any, switched: Any, large_only: Any, seconds: tuple[float, float]) -> None:
+    """4. The measured cost model's predicted speed-up against the realised one (printed last)."""
+    measured = timings.cost_model()
+    for name, step, base, per_token in zip(
+        timings.names, timings.step, timings.catchup_pass, timings.per_token, strict=True
+    ):
+        print(
+            f"measured {name}: decode step {step * 1e3:.2f} ms; a pass of 1 + k tokens "
+            f"{base * 1e3:.2f} ms + k x {per_token * 1e3:.3f} ms"
+        )
+    print(f"measured loop overhead per step (policy, bookkeeping, sync): {measured.step_overhead * 1e3:.3f} ms")
+    print(f"(fastest of {timings.samples} measurement rounds taken between the race's rounds, batch {timings.batch})")
+    realised = seconds[0] / seconds[1]
+    for name, res, took in (("large-only", large_only, seconds[0]), ("switching", switched, seconds[1])):
+        print(f"{name}: predicted {measured.predict_seconds(res.report):.3f} s, realised {took:.3f} s (best run)")
+    from_run = measured.predicted_speedup(switched.report)
+    from_both = measured.predict_seconds(large_only.report) / measured.predict_seconds(switched.report)
+    print(
+        f"speed-up over large-only: realised {realised:.3f}; predicted by the measured cost model from the "
+        f"switching run's report {from_run:.3f}, from both runs' reports {from_both:.3f}"
+    )
+    print(f"time_prediction_error={from_run / realised - 1:+.3f} (both reports: {from_both / realised - 1:+.3f})")
 
 
 def median_entropy(small: Any, ids: Any, vocab: int) -> float:

@@ -364,7 +364,7 @@ def _run(
             for m in np.unique(routes[active]).tolist():
                 lanes = active[routes[active] == m]
                 draws.append((m, lanes, backend.forward(m, lanes, t)))
-                ledger.compute(lanes, np.full(lanes.size, m), np.full(lanes.size, t))
+                ledger.forward_pass(lanes, m, t)
             entropy = _scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws])
             drawn = _scatter(xp, device, n, [(ln, d.token) for _, ln, d in draws])
             step = Step(
@@ -404,7 +404,7 @@ def _run(
                 for r in np.unique(host_routes[up]).tolist():
                     lanes = up[host_routes[up] == r]
                     draw = backend.forward(r, lanes, t)
-                    ledger.compute(lanes, np.full(lanes.size, r), np.full(lanes.size, t))
+                    ledger.forward_pass(lanes, r, t)
                     ledger.waste(lanes, routes[lanes])
                     # A second sync, only on steps with a retry.
                     extra = to_numpy(

@@ -247,6 +247,12 @@ def eval_(
     batch: int = typer.Option(2, min=1, help="prompts decoded together (small is faster on CPU)"),
     max_new_tokens: int = typer.Option(48, min=1, help="the most generated tokens per prompt"),
     threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
+    measure_cost: Path = typer.Option(
+        None,
+        "--measure-cost",
+        help="time each model's decode step and catch-up pass here first (CostModel.measure), write the "
+        "measurement to this JSON file, and print each policy's predicted time and speed-up beside the measured",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Live quality vs cost of policies on the demo task, against small-only and large-only."""
@@ -268,7 +274,8 @@ def eval_(
         specs.append((pol.name, pol.spec()))
     backend = _backend(models, threads)
     items = task.load_eval_prompts(prompts)
-    rows = []
+    timings = None if measure_cost is None else _measure(backend, items, batch, load_policy(specs[-1][1]), measure_cost)
+    rows, scores = [], []
     with _bar(as_json) as bar:
         for label, spec in specs:
             job = bar.add_task(label, total=len(items))
@@ -284,13 +291,69 @@ def eval_(
             setting = ", ".join(f"{k}={v}" for k, v in _changed_params(load_policy(spec)).items())
             seconds = time.perf_counter() - start
             rows.append(DemoRow.of_run(label, spec, setting, score, seconds, target=None, traces_large_share=None))
+            scores.append(score)
     relative_measures(rows)
     data = [r.__dict__ for r in rows]
+    predicted = None if timings is None else time_predictions(timings.cost_model(), data, scores)
     if as_json:
-        echo_json({"prompts": len(items), "max_new_tokens": max_new_tokens, "rows": data})
+        echo_json({"prompts": len(items), "max_new_tokens": max_new_tokens, "rows": data, "time": predicted})
         return
     for table in rows_tables(f"live evaluation on {len(items)} held-out demo prompts", data):
         console.print(table)
+    if predicted is not None:
+        console.print(time_table(predicted, batch))
+        console.print(f"measured cost model written to {measure_cost}")
+
+
+def _measure(backend: Any, items: list[Any], batch: int, policy: Any, path: Path) -> Any:
+    """`measure_forward_times` at the evaluation's batch size and typical prompt length; written to ``path``."""
+    from ead_sdk.demo import task
+    from ead_sdk.timing import measure_forward_times
+
+    _check_writable_dir(path.parent if str(path.parent) else Path("."))
+    lengths = sorted(len(task.encode(it.prompt)) for it in items)
+    timings = measure_forward_times(
+        backend, batch=batch, prompt_len=max(1, lengths[len(lengths) // 2]), policy=policy, logprobs=8
+    )
+    path.write_text(to_json(timings.as_dict()) + "\n", encoding="utf-8")
+    return timings
+
+
+def time_predictions(model: Any, rows: list[dict[str, Any]], scores: list[Any]) -> list[dict[str, Any]]:
+    """Each row's predicted decode time and speed-up over large-only (from its own report) beside the measured."""
+    large = next(r["seconds"] for r in rows if r["label"] == "large only")
+    out = []
+    for row, score in zip(rows, scores, strict=True):
+        realised = large / row["seconds"] if row["seconds"] else float("nan")
+        speedup = model.predicted_speedup(score.report)
+        out.append(
+            {
+                "label": row["label"],
+                "seconds": row["seconds"],
+                "predicted_seconds": model.predict_seconds(score.report),
+                "speedup": realised,
+                "predicted_speedup": speedup,
+                "error": speedup / realised - 1 if realised == realised and realised else float("nan"),
+            }
+        )
+    return out
+
+
+def time_table(predicted: list[dict[str, Any]], batch: int) -> Table:
+    """The measured cost model's predictions against the measured run times."""
+    table = Table(title=f"wall-clock: measured vs predicted by the measured cost model (batch {batch})", box=box.SIMPLE)
+    for col in ("policy", "seconds", "predicted s", "speed-up", "predicted speed-up", "error"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for p in predicted:
+        table.add_row(
+            p["label"],
+            fmt(p["seconds"], 1),
+            fmt(p["predicted_seconds"], 1),
+            fmt(p["speedup"], 2),
+            fmt(p["predicted_speedup"], 2),
+            f"{100 * p['error']:+.0f}%" if p["error"] == p["error"] else "-",
+        )
+    return table
 
 
 @app.command()

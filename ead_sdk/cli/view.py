@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ead_sdk.cli._app import UserError, app, console, default_traces, echo_json, user_errors
-from ead_sdk.cli.offline import TRACES_HELP, parse_grid
+from ead_sdk.cli.offline import TRACES_HELP, load_cost_model, parse_grid
 
 
 @app.command()
@@ -33,7 +33,7 @@ def view(
     ),
     no_sweep: bool = typer.Option(False, "--no-sweep", help="draw no frontier"),
     cost_model: Path = typer.Option(
-        None, "--cost-model", help="a CostModel JSON (e.g. measured by ead calibrate --measure-cost) for the summary"
+        None, "--cost-model", help="a CostModel JSON (e.g. measured by ead eval --measure-cost) for the summary"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the path and each policy's summary as JSON"),
 ) -> None:
@@ -57,7 +57,7 @@ def view(
         sequences=sequence or None,
         max_sequences=max_sequences,
         sweep_grid=sweep_grid,
-        cost_model=_cost_model(cost_model),
+        cost_model=load_cost_model(cost_model),
     )
     if as_json:
         echo_json({"report": str(written), "traces": str(path), "policies": [p.spec() for p in policies]})
@@ -70,16 +70,3 @@ def _grid(items: list[str], spec: dict) -> dict:
     grid = {k: [v] for k, v in spec.get("params", {}).items() if not isinstance(v, list)}
     grid.update(parse_grid(items))
     return grid
-
-
-def _cost_model(path: Path | None):
-    if path is None:
-        return None
-    import json
-
-    from ead_sdk.cost import CostModel
-
-    try:
-        return CostModel.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--cost-model {path}: not valid JSON ({exc.msg})") from None

@@ -139,4 +139,19 @@ def sum_reports(reports: Sequence[CostReport], large_cost: float) -> CostReport:
         cost=cost,
         cost_ratio=cost / (large_cost * tokens) if tokens else 0.0,
         unit=first.unit,
+        **_batch_sums(reports),
     )
+
+
+def _batch_sums(reports: Sequence[CostReport]) -> dict[str, Any]:
+    """The batches' forward-pass counts added up (what `CostModel.predict_seconds` reads), when every batch has them."""
+    if not all(r.passes for r in reports):
+        return {}
+    add = lambda name: tuple(int(sum(v)) for v in zip(*(getattr(r, name) for r in reports), strict=True))  # noqa: E731
+    return {
+        "passes": add("passes"),
+        "pass_tokens": add("pass_tokens"),
+        "catchup_passes": add("catchup_passes"),
+        "decode_steps": sum(r.decode_steps for r in reports),
+        "large_prefill": sum(r.large_prefill for r in reports),
+    }
