@@ -14,8 +14,7 @@ Three figures, each measured in one run side by side (best of ``--repeats``):
    decode step and catch-up pass timed on this machine, at this batch size) predicts from the
    switching run's report alone, against the realised speed-up of 3.; also the prediction from
    both runs' reports. Printed as ``predicted/realised - 1``. The measurement runs one round
-   between each of the race's rounds (fastest of them kept, as the race keeps the fastest run),
-   so both see the same load.
+   between each of the race's rounds (the median of them kept), so both see the same load.
 
 Runs on CUDA when present, else CPU (one thread unless ``--threads``). Prints one line last:
 ``hf_throughput_ratio=<a> policy_overhead=<b> realised_vs_ideal=<c>``.
@@ -208,7 +207,7 @@ def time_prediction(timings: Any, switched: Any, large_only: Any, seconds: tuple
             f"{base * 1e3:.2f} ms + k x {per_token * 1e3:.3f} ms"
         )
     print(f"measured loop overhead per step (policy, bookkeeping, sync): {measured.step_overhead * 1e3:.3f} ms")
-    print(f"(fastest of {timings.samples} measurement rounds taken between the race's rounds, batch {timings.batch})")
+    print(f"(median of {timings.samples} measurement rounds taken between the race's rounds, batch {timings.batch})")
     realised = seconds[0] / seconds[1]
     for name, res, took in (("large-only", large_only, seconds[0]), ("switching", switched, seconds[1])):
         print(f"{name}: predicted {measured.predict_seconds(res.report):.3f} s, realised {took:.3f} s (best run)")

@@ -27,13 +27,13 @@ DEFAULT_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16)
 
 @dataclass(frozen=True)
 class ForwardTimings:
-    """Measured pass times of each model: ``seconds[m][i]`` is the fastest ``widths[i]``-token pass.
+    """Measured pass times of each model: ``seconds[m][i]`` is the median ``widths[i]``-token pass.
 
     Attributes:
         names: the models, smallest first.
         batch: lanes in each timed pass.
         widths: tokens per pass that were timed.
-        seconds: per model, per width, the fastest of the timed passes (seconds).
+        seconds: per model, per width, the median of the timed passes (seconds).
         step: time of a decode step (a 1-token pass) per model.
         catchup_pass: fitted fixed time of a wider pass per model (its intercept at ``w - 1 = 0``).
         per_token: fitted time of each further token of a wider pass per model (its slope).
@@ -146,7 +146,8 @@ def measure_forward_times(
     tokens, so the pass is a catch-up of ``w - 1`` tokens plus the step, on a cache that grows as in
     a real run. Each round times every width once (a fresh batch, so the context stays as short as
     a run's); ``repeats`` rounds after ``warmup`` untimed ones, models interleaved round by round so
-    that load drifts hit all alike; the fastest is kept (as a benchmark keeps its fastest run).
+    that load drifts hit all alike; the median is kept (a run is a sum of typical passes, not of the
+    luckiest ones).
     `ForwardTimings.cost_model` turns the table into a `CostModel` (see `_fit`).
 
     Args:
@@ -177,7 +178,7 @@ def measure_forward_times(
     for _ in range(repeats + warmup):
         for m in range(backend.num_models):
             _time_model(backend, m, prompts, widths, times[m], logprobs)
-    seconds = [tuple(float(np.min(times[m][w][warmup:])) for w in widths) for m in range(backend.num_models)]
+    seconds = [tuple(float(np.median(times[m][w][warmup:])) for w in widths) for m in range(backend.num_models)]
     fits = [_fit(widths, s) for s in seconds]
     notes: dict[str, Any] = {"prompt_len": prompt_len, "seed": seed}
     if policy is not None:
@@ -224,11 +225,11 @@ def loop_overhead(
             per_step.append(max(wall - spent[0], 0.0) / max(steps, 1))
     finally:
         del backend.forward
-    return float(np.min(per_step[1:]))
+    return float(np.median(per_step[1:]))
 
 
 def combine_timings(runs: Sequence[ForwardTimings]) -> ForwardTimings:
-    """Several measurements of one backend as one: the fastest time of each model and width, refitted.
+    """Several measurements of one backend as one: the median time of each model and width, refitted.
 
     Taking rounds of `measure_forward_times` between other timed work and combining them puts
     the measurement under the same load as that work (what ``benchmarks/decode_overhead.py`` does).
@@ -239,13 +240,14 @@ def combine_timings(runs: Sequence[ForwardTimings]) -> ForwardTimings:
     if any(r.names != first.names or r.widths != first.widths or r.batch != first.batch for r in runs):
         raise EadError("only timings of the same models, widths and batch size combine")
     seconds = tuple(
-        tuple(min(r.seconds[m][i] for r in runs) for i in range(len(first.widths))) for m in range(len(first.names))
+        tuple(float(np.median([r.seconds[m][i] for r in runs])) for i in range(len(first.widths)))
+        for m in range(len(first.names))
     )
     fits = [_fit(first.widths, s) for s in seconds]
     notes = dict(first.notes)
     overheads = [r.notes["step_overhead"] for r in runs if "step_overhead" in r.notes]
     if overheads:
-        notes["step_overhead"] = min(overheads)
+        notes["step_overhead"] = float(np.median(overheads))
     return ForwardTimings(
         names=first.names,
         batch=first.batch,
