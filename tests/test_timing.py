@@ -138,3 +138,33 @@ def test_bad_measurement_options_and_cost_fields_are_refused():
         CostModel((1.0, 2.0), catchup_pass_costs=(1.0,))
     with pytest.raises(EadError, match="'costs' list"):
         CostModel.from_dict({"unit": "seconds"})
+
+
+def test_calibrate_and_view_take_a_measured_cost_model_file(tmp_path):
+    from ead_sdk.simulators import calibrate, synthetic_traces
+    from typer.testing import CliRunner
+
+    from ead_sdk.cli import app
+    from ead_sdk.specs import load_policy
+    from ead_sdk.traces import write_traces
+
+    traces = synthetic_traces(16, 40, seed=5)
+    path = write_traces(traces, tmp_path / "t.parquet")
+    model = CostModel((0.002, 0.02), "seconds", ("small", "large"), (0.0001, 0.003), 0.001, (0.005, 0.05))
+    cm_file = tmp_path / "measured.json"
+    cm_file.write_text(json.dumps({"batch": 1, "cost_model": model.as_dict()}))  # ead eval --measure-cost's form
+    args = ["calibrate", str(path), "-p", "rolling_entropy", "--param", "threshold", "--target-cost-ratio", "0.5"]
+    res = CliRunner().invoke(app, [*args, "--cost-model", str(cm_file), "--json"])
+    assert res.exit_code == 0, res.output
+    want = calibrate(traces, load_policy("rolling_entropy"), "threshold", target_cost_ratio=0.5, cost_model=model)
+    assert json.loads(res.stdout)["value"] == pytest.approx(want.value)
+    default = CliRunner().invoke(app, [*args, "--json"])
+    assert json.loads(default.stdout)["value"] != pytest.approx(want.value)  # the price changes the answer
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    res = CliRunner().invoke(app, [*args, "--cost-model", str(bad)])
+    assert res.exit_code == 1 and "not valid JSON" in res.output
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["view", str(path), "--cost-model", str(cm_file), "--no-sweep", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert '"cost_unit":"seconds"' in out.read_text(encoding="utf-8")
