@@ -173,7 +173,7 @@ def _setting(cal: Calibrated) -> str:
     return ", ".join(f"{k}={params[k]}" for k in keys)
 
 
-DEFAULT_PROMPTS = 100
+DEFAULT_PROMPTS = 80
 """Held-out prompts ``ead demo`` evaluates by default (``--prompts 200`` is the full held-out set)."""
 FULL_PROMPTS = 200
 
