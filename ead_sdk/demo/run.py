@@ -398,9 +398,9 @@ def plot_frontier(figures: dict[str, Any], path: str | Path) -> Path:
     axes[0].set_ylabel("share of the small-to-large quality gap recovered")
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(
-        f"ead demo: live greedy completion of {figures['prompts']} held-out lines, share of the small-to-large "
-        f"quality gap recovered against the large model's share of tokens (triangles: retry or retry_token). "
-        f"For scale, the EAD paper: {PAPER_FIGURE}",
+        f"ead demo: live greedy completion of {figures['prompts']} held-out lines: share of the small-to-large "
+        f"quality gap recovered against the large model's share of tokens (triangles: retry or retry_token)\n"
+        f"for scale, the EAD paper (another task and model pair): {PAPER_FIGURE}",
         fontsize=9,
     )
     fig.tight_layout()
