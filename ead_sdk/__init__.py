@@ -19,11 +19,13 @@ from ead_sdk.errors import (
     ModelCountError,
     ParameterError,
     PluginError,
+    RouterTrainingError,
     SignalError,
     SpecError,
     SpecVersionError,
     TraceError,
     UnknownPolicyError,
+    WeightsIntegrityError,
 )
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
@@ -74,6 +76,7 @@ __all__ = [
     "Policy",
     "PolicyInfo",
     "PolicyRegistry",
+    "RouterTrainingError",
     "Routes",
     "SignalError",
     "SpecError",
@@ -82,6 +85,7 @@ __all__ = [
     "Step",
     "TraceError",
     "UnknownPolicyError",
+    "WeightsIntegrityError",
     "concat_states",
     "entropy",
     "from_nats",

@@ -45,3 +45,11 @@ class TraceError(EadError, ValueError):
 
 class BackendError(EadError):
     """A model backend that cannot serve the request (mismatched tokenizers, bad prompts...)."""
+
+
+class RouterTrainingError(EadError, ValueError):
+    """Traces that cannot train or label a learned router (k too small, too few sequences...)."""
+
+
+class WeightsIntegrityError(SpecError):
+    """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""

@@ -20,6 +20,13 @@ SPEC_KEYS = ("policy", "version", "params", "escalation", "initial_model")
 _POLICY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
+def _spec_folder(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> Path:
+    """The folder that relative files named in a spec are read from: the spec file's, else the cwd."""
+    if isinstance(spec_or_path, (str, os.PathLike)) and os.path.isfile(spec_or_path):
+        return Path(spec_or_path).resolve().parent
+    return Path.cwd()
+
+
 def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(spec_or_path, Mapping):
         return dict(spec_or_path)
@@ -97,6 +104,9 @@ def load_policy(
     params = {k: _from_json(v) for k, v in params.items()}
     if version != cls.version:
         params = cls.upgrade_params(version, dict(params))
+    resolve = getattr(cls, "resolve_spec_paths", None)  # e.g. a learned policy's weights file
+    if resolve is not None:
+        params = resolve(dict(params), _spec_folder(spec_or_path))
     # initial_model is passed only when the spec names it: a policy may have its own default.
     extra = {"initial_model": spec["initial_model"]} if "initial_model" in spec else {}
     return cls(escalation=spec.get("escalation", "next"), **extra, **params)

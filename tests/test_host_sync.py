@@ -11,6 +11,7 @@ import ead_sdk
 
 torch = pytest.importorskip("torch")
 from ead_sdk.integrations.host_sync import HostSyncError, forbid_host_sync  # noqa: E402
+from ead_sdk.testing.routers import example_spec  # noqa: E402
 
 POLICIES = sorted(ead_sdk.list_policies())
 
@@ -36,7 +37,7 @@ def steps(n: int, vocab: int, count: int, seed: int = 0):
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_decide_never_syncs_with_the_host(name):
-    policy = ead_sdk.load_policy(name)
+    policy = ead_sdk.load_policy(example_spec(name))
     state = policy.init_state(4, torch)
     routes = torch.full((4,), policy.initial_model, dtype=torch.int64)
     for step in steps(4, 64, 12):

@@ -12,6 +12,7 @@ from ead_sdk.interface import ESCALATIONS
 
 torch = pytest.importorskip("torch")
 from ead_sdk.integrations.host_sync import forbid_host_sync  # noqa: E402
+from ead_sdk.testing.routers import example_spec  # noqa: E402
 
 LIVE = sorted(name for name, info in ead_sdk.list_policies().items() if not getattr(info.cls, "replay_only", False))
 N, VOCAB, K = 4, 48, 6
@@ -29,7 +30,7 @@ def per_lane(name: str, escalation: str) -> ead_sdk.Policy:
         and isinstance(p.default, (int, float))
         and not isinstance(p.default, bool)
     }
-    return ead_sdk.load_policy({"policy": name, "params": params, "escalation": escalation})
+    return ead_sdk.load_policy(example_spec(name, params=params, escalation=escalation))
 
 
 def topk_steps(count: int, seed: int = 0):

@@ -19,6 +19,7 @@ from ead_sdk.errors import EadError  # noqa: E402
 from ead_sdk.integrations import PolicyObserver  # noqa: E402
 from ead_sdk.integrations.host_sync import forbid_host_sync  # noqa: E402
 from ead_sdk.testing.models import tiny_llama  # noqa: E402
+from ead_sdk.testing.routers import example_spec  # noqa: E402
 from ead_sdk.traces import TraceMeta, TraceWriter, read_traces  # noqa: E402
 
 VOCAB = 64
@@ -185,7 +186,7 @@ def reference_logprobs(out: Any, mask: Any, plen: int, second: bool) -> np.ndarr
 @pytest.mark.parametrize("name", sorted(n for n in ead_sdk.list_policies() if n != "oracle"))
 def test_the_observer_step_never_syncs_with_the_host(name):
     """Per step, the observer and the policy stay on the device (finish is the one sync)."""
-    observer = PolicyObserver(name, logprobs="full", param_count=1)
+    observer = PolicyObserver(example_spec(name), logprobs="full", param_count=1)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, VOCAB, (3, 4), generator=gen)
     for _ in range(5):

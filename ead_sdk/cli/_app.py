@@ -53,7 +53,7 @@ def _fail(fn: Callable[..., Any], msg: str) -> NoReturn:
     msg = " ".join(msg.split())  # a multi-line message (a JSON error, a wrapped path) stays one line
     if len(msg) > MAX_MESSAGE:
         msg = msg[: MAX_MESSAGE - 3] + "..."
-    typer.echo(f"ead {fn.__name__.rstrip('_')}: error: {msg}", err=True)
+    typer.echo(f"ead {fn.__name__.rstrip('_').replace('_', '-')}: error: {msg}", err=True)
     raise typer.Exit(1) from None
 
 

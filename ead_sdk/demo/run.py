@@ -18,6 +18,7 @@ from typing import Any
 from ead_sdk.specs import load_policy
 
 from . import task
+from .learned_router import learned_spec
 
 METRICS = task.METRICS
 PAPER_FIGURE = "96.7% of the 11B model's MATH score with the 11B model on 43% of tokens (arXiv 2502.06833)"
@@ -74,6 +75,7 @@ def demo_policies() -> list[DemoPolicy]:
             (0.0, 1.0),
         ),
         DemoPolicy("cost_budget", {"policy": "cost_budget", "params": {"mode": "hard"}}, set_to_target="budget"),
+        DemoPolicy("learned", learned_spec(), "threshold", (0.0, 1.0)),  # python -m ead_sdk.demo.learned_router
     ]
 
 
