@@ -175,7 +175,7 @@ def _setting(cal: Calibrated) -> str:
     return ", ".join(f"{k}={params[k]}" for k in keys)
 
 
-DEFAULT_PROMPTS = 80
+DEFAULT_PROMPTS = 60
 """Held-out prompts ``ead demo`` evaluates by default (``--prompts 200`` is the full held-out set)."""
 FULL_PROMPTS = 200
 
