@@ -11,7 +11,7 @@ The prompt's other tokens are *prefill*, reported apart (the EAD paper counts ge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -199,11 +199,12 @@ class CostReport:
     cost: float
     cost_ratio: float
     unit: str
-    passes: tuple[int, ...] = ()
-    pass_tokens: tuple[int, ...] = ()
-    catchup_passes: tuple[int, ...] = ()
-    decode_steps: int = 0
-    large_prefill: int = 0
+    # How the batch ran, not what the routing cost: reports of the same lanes compare equal however batched.
+    passes: tuple[int, ...] = field(default=(), compare=False)
+    pass_tokens: tuple[int, ...] = field(default=(), compare=False)
+    catchup_passes: tuple[int, ...] = field(default=(), compare=False)
+    decode_steps: int = field(default=0, compare=False)
+    large_prefill: int = field(default=0, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
