@@ -1,23 +1,28 @@
 """Overhead of the live decoder on a pair of random-initialised Llama models (no downloads).
 
-Three figures, each measured in one run side by side (best of ``--repeats``):
+Four figures, each measured in one run side by side (best of ``--repeats``):
 
 1. ``hf_throughput_ratio``: tokens/s of the always-large policy through `ead_sdk.generate`
    divided by tokens/s of ``large.generate(do_sample=False)`` on the same prompts and counts.
 2. ``policy_overhead``: the share of decode wall-clock spent computing entropies and in
    ``policy.decide`` (rolling_entropy), with the switching policy.
-3. ``realised_vs_ideal``: the switching policy's wall-clock speed-up over large-only through the
-   same loop, divided by the ideal ``1 / cost_ratio`` of its cost report (parameter counts,
-   every catch-up token counted as a forward). Printed beside it: the ideal with measured
-   seconds per decode token, and the stricter ideal where catch-up passes are free.
+3. ``realised_vs_strict_ideal``: the switching policy's wall-clock speed-up over large-only
+   through the same loop, divided by the strict ideal where catch-up passes are free (only the
+   decode passes, emitted and wasted tokens, cost, at each model's measured seconds per decode
+   token): the headline. Beside it, ``realised_vs_measured_ideal`` divides by the ideal
+   ``1 / cost_ratio`` with measured seconds per token where every catch-up token also costs a
+   decode step. The parameter-count ideal of the cost report is printed for reference only: on
+   these small models it is far below what is reachable, so a ratio against it says little.
 4. ``time_prediction_error``: the speed-up over large-only that `CostModel.measure` (each model's
    decode step and catch-up pass timed on this machine, at this batch size) predicts from the
    switching run's report alone, against the realised speed-up of 3.; also the prediction from
-   both runs' reports. Printed as ``predicted/realised - 1``. The measurement runs one round
-   between each of the race's rounds (the median of them kept), so both see the same load.
+   both runs' reports. Printed as ``predicted/realised - 1`` just before the last line. The
+   measurement runs one round between each of the race's rounds (the median of them kept), so
+   both see the same load.
 
+The always-large run must emit exactly ``large.generate``'s tokens, or the script fails.
 Runs on CUDA when present, else CPU (one thread unless ``--threads``). Prints one line last:
-``hf_throughput_ratio=<a> policy_overhead=<b> realised_vs_ideal=<c>``.
+``hf_throughput_ratio=<a> policy_overhead=<b> realised_vs_strict_ideal=<c> realised_vs_measured_ideal=<d>``.
 """
 
 from __future__ import annotations
@@ -156,6 +161,8 @@ def main() -> None:
     print(f"large via transformers.generate: {tokens / t_hf:9.1f} tok/s")
     print(f"large via ead_sdk.generate:      {tokens / t_large:9.1f} tok/s  (same tokens: {same})")
     print(f"small via ead_sdk.generate:      {tokens / t_small:9.1f} tok/s")
+    if not same:
+        raise SystemExit("the always-large run through ead_sdk.generate emitted other tokens than large.generate")
 
     # 2. the share of a switching run spent in entropy + policy (timed in a separate run).
     original = hf.entropy_of
@@ -188,12 +195,12 @@ def main() -> None:
         f"speed-up over large-only: realised {realised:.3f}; ideal 1/cost_ratio: param counts "
         f"{ideal_params:.3f}, measured s/token {ideal:.3f}, measured s/token with free catch-up {ideal_passes:.3f}"
     )
-    print(f"realised / ideal (free catch-up): {realised / ideal_passes:.3f}")
+    print(f"realised / strict ideal (free catch-up): {realised / ideal_passes:.3f}")
+    time_prediction(combine_timings(rounds), out, outs["large"], (t_large, t_switch))
     print(
         f"hf_throughput_ratio={ratio:.3f} policy_overhead={overhead:.4f} "
-        f"realised_vs_ideal={realised / ideal_params:.3f}"
+        f"realised_vs_strict_ideal={realised / ideal_passes:.3f} realised_vs_measured_ideal={realised / ideal:.3f}"
     )
-    time_prediction(combine_timings(rounds), out, outs["large"], (t_large, t_switch))
 
 
 def time_prediction(timings: Any, switched: Any, large_only: Any, seconds: tuple[float, float]) -> None:

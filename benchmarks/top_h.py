@@ -5,7 +5,9 @@ The baseline re-implements the authors' loop (ErfanBaghaei/Top-H-Decoding, logit
 step for step: softmax, top-N, the threshold from the normalised top-N entropy, then one Python
 iteration per kept token with tensor arithmetic and a comparison that reads the tensor on the
 host. Its mask building and logits filtering are left out (they only favour the baseline).
-The script checks that both pick the same set sizes and prints, last, ``toph_speedup=<x>``.
+Both are timed with the same number of repeats per trial (``--repeats``, best of each). The
+script fails if any kept-set size differs from the reference's, and prints, last,
+``toph_speedup=<x>``.
 
     python benchmarks/top_h.py [--alpha 0.95] [--vocab 32000] [--batch 1] [--trials 200]
 """
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per trial for each side (best kept)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -77,17 +80,24 @@ def main() -> None:
             size, _ = reference_loop(logits[t, b : b + 1], args.alpha)
             mismatches += int(ours.size[b]) != size
 
+    if mismatches:
+        raise SystemExit(f"top_h_kept and the reference loop keep different set sizes in {mismatches} rows")
     # Interleaved, trial by trial, so both see the same load on a shared machine; the best of
-    # a few repeats of each call filters out preemptions.
+    # the same number of repeats of each call filters out preemptions.
     top_h_kept(logits[0], args.alpha, 100)  # warm up
     ours_t, ref_t = [], []
     for t in range(args.trials):
         row = logits[t]
-        ours_t.append(best_of(lambda row=row: top_h_kept(row, args.alpha, 100), 5))
-        ref_t.append(best_of(lambda row=row: [reference_loop(row[b : b + 1], args.alpha) for b in range(len(row))], 2))
+        ours_t.append(best_of(lambda row=row: top_h_kept(row, args.alpha, 100), args.repeats))
+        ref_t.append(
+            best_of(lambda row=row: [reference_loop(row[b : b + 1], args.alpha) for b in range(len(row))], args.repeats)
+        )
     ours_s, ref_s = statistics.median(ours_t), statistics.median(ref_t)
     sizes = torch.stack([top_h_kept(logits[t], args.alpha, 100).size for t in range(args.trials)]).float()
-    print(f"top_h alpha={args.alpha} vocab={args.vocab} batch={args.batch} trials={args.trials} threads={args.threads}")
+    print(
+        f"top_h alpha={args.alpha} vocab={args.vocab} batch={args.batch} trials={args.trials} "
+        f"threads={args.threads} repeats={args.repeats} (each side)"
+    )
     print(f"mean kept-set size: {sizes.mean().item():.1f} tokens; size mismatches vs reference: {mismatches}")
     print(f"reference per-token loop: {ref_s * 1e6:9.1f} us per call (median over trials)")
     print(f"ead_sdk top_h_kept:       {ours_s * 1e6:9.1f} us per call (median over trials)")

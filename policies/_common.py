@@ -9,7 +9,7 @@ import numpy as np
 
 from ead_sdk.arrays import Array, to_numpy
 from ead_sdk.errors import EadError
-from ead_sdk.interface import State, Step
+from ead_sdk.interface import RETRYING, State, Step
 from ead_sdk.params import is_lane_array
 
 
@@ -132,15 +132,34 @@ def dwell_state(min_dwell: Any, n: int, initial_model: int, xp: Any, **kw: Any) 
     }
 
 
-def route_with_dwell(state: State, new: State, model: Array, target: Array, live: Array, xp: Any) -> Array:
-    """``target`` on live lanes, unless the current model has not yet emitted ``min_dwell`` tokens in a row.
+def route_with_dwell(
+    state: State, new: State, model: Array, target: Array, live: Array, xp: Any, escalation: str = "next"
+) -> Array:
+    """``target`` on live lanes, unless that would end a model's stretch of emitted tokens short of ``min_dwell``.
 
-    Finished lanes keep their model. The updated counters are written into ``new``.
+    The counters follow the model that *emitted* each token. A switch under ``"next"`` (and any
+    move to a smaller model) ends the current model's stretch with this token. Under ``"retry"``
+    and ``"retry_token"`` an escalation makes the larger model re-emit this token, so the
+    current model's stretch ends before it (it must already hold ``min_dwell`` tokens) and the
+    larger model's stretch starts with it. Finished lanes keep their model. The updated
+    counters are written into ``new``.
     """
     if "dwell" not in state:
         return xp.where(live, target, model)
-    dwell = xp.astype(model == state["current"], state["dwell"].dtype) * state["dwell"] + 1
-    new["current"] = xp.where(live, model, state["current"])
+    run = xp.astype(model == state["current"], state["dwell"].dtype) * state["dwell"]  # emitted just before
+    retrying = escalation in RETRYING
+    if retrying:
+        retried = target > model
+        stretch = xp.where(retried, run, run + 1)  # the stretch a switch here would end
+    else:
+        stretch = run + 1
+    stay = (stretch < state["min_dwell"]) | ~live  # finished, or the stretch is too short to end
+    routes = xp.where(stay, model, target)
+    emitter, dwell = model, run + 1
+    if retrying:
+        taken = retried & ~stay  # this token is re-emitted by the larger model, its first
+        emitter = xp.where(taken, routes, model)
+        dwell = xp.where(taken, xp.ones_like(dwell), dwell)
+    new["current"] = xp.where(live, emitter, state["current"])
     new["dwell"] = xp.where(live, dwell, state["dwell"])
-    stay = (dwell < state["min_dwell"]) | ~live  # finished or dwelling: the current model
-    return xp.where(stay, model, target)
+    return routes

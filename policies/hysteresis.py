@@ -103,7 +103,7 @@ class HysteresisPolicy(Policy):
         model = xp.astype(step.model, xp.int64, copy=False)
         target = (signal > state["upper"]) | ((model == 1) & ~(signal < state["lower"]))
         target = xp.astype(target, xp.int64)
-        return route_with_dwell(state, new, model, target, live, xp), new
+        return route_with_dwell(state, new, model, target, live, xp, self.escalation), new
 
 
 @hookimpl

@@ -82,7 +82,7 @@ class RollingEntropyPolicy(Policy):
             target = xp.astype(mean > threshold[:, 0], xp.int64)
         else:
             target = xp.sum(xp.astype(mean[:, None] > threshold, xp.int64), axis=1)
-        return route_with_dwell(state, new, model, target, live, xp), new
+        return route_with_dwell(state, new, model, target, live, xp, self.escalation), new
 
 
 @hookimpl

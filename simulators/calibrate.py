@@ -3,15 +3,18 @@
 RouteLLM calibrates a router's threshold with a quantile of its scores on the user's data, which
 is exact only for a memoryless rule. A stateful policy (a rolling window, hysteresis, a dwell)
 routes each token on its history, so here the target is searched with replay itself: each round
-replays a grid of candidate values as lanes of one batched run on the calibration split and
-narrows to the bracket where the metric crosses the target. The chosen value is then replayed on
-the held-out split, whose achieved share says how well the calibration transfers.
+replays candidate values as lanes of one batched run on the calibration split. The metric need
+not be monotone (a window's share may dip, then rise): the search splits the intervals where it
+changes until two neighbouring values bracket the target, then narrows that bracket. The chosen
+value is then replayed on the held-out split, whose achieved share says how well the calibration
+transfers.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +58,9 @@ class CalibrationResult:
 
 _TIE = 1e-12
 """Relative gap below which a metric counts as equal to the target (an exact tie)."""
+
+_WIDTH = 1e-9
+"""Relative width below which an interval of a float parameter is not split further."""
 
 
 def _check_request(
@@ -134,6 +140,201 @@ def _valid_interval(
     return lo, hi
 
 
+Runner = Callable[[list[dict[str, Any]]], np.ndarray]
+"""Replays one configuration per entry (as lanes of one run) and returns each one's metric."""
+
+
+class _Probe:
+    """The metric at every value of the parameter replayed so far (each value replayed once)."""
+
+    def __init__(self, run: Runner, base: dict[str, Any], parameter: str, kind: str, target: float) -> None:
+        self.run, self.base, self.parameter, self.kind, self.target = run, base, parameter, kind, target
+        self.seen: dict[float, float] = {}
+
+    def add(self, values: Any) -> None:
+        """Replay the values not seen yet, all in one batched run."""
+        cast = int if self.kind == "int" else float
+        new = sorted({cast(v) for v in values} - set(self.seen))
+        if new:
+            got = self.run([{**self.base, self.parameter: v} for v in new])
+            self.seen.update(zip(new, (float(g) for g in got), strict=True))
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values replayed so far in increasing order, and the metric at each."""
+        xs = np.array(sorted(self.seen), dtype=float)
+        return xs, np.array([self.seen[self._key(x)] for x in xs])
+
+    def _key(self, x: float) -> float:
+        return int(x) if self.kind == "int" else float(x)
+
+    def best(self) -> tuple[float, float]:
+        """The value whose metric is closest to the target (the smallest such value), and its metric."""
+        value = min(self.seen, key=lambda v: (abs(self.seen[v] - self.target), v))
+        return value, self.seen[value]
+
+    def tied(self) -> bool:
+        """Whether some value already gives the target (up to `_TIE`)."""
+        _, metric = self.best()
+        return abs(metric - self.target) <= _TIE * max(1.0, abs(self.target))
+
+
+def _inside(lo: float, hi: float, count: int, kind: str) -> list[float]:
+    """Up to ``count`` values spread strictly between ``lo`` and ``hi`` (every integer if they fit)."""
+    if kind == "int":
+        if hi - lo - 1 <= count:
+            return list(range(int(lo) + 1, int(hi)))
+        inner = np.unique(np.round(np.linspace(lo, hi, count + 2)[1:-1]))
+        return [float(v) for v in inner if lo < v < hi]
+    if hi - lo <= _WIDTH * max(1.0, abs(lo), abs(hi)):
+        return []
+    return [float(v) for v in np.linspace(lo, hi, count + 2)[1:-1]]
+
+
+def _crossings(xs: np.ndarray, ms: np.ndarray, target: float) -> np.ndarray:
+    """Indices ``i`` where the metric is on opposite sides of the target at ``xs[i]`` and ``xs[i + 1]``."""
+    side = np.sign(ms - target)
+    return np.flatnonzero(side[:-1] * side[1:] < 0)
+
+
+def _explore(xs: np.ndarray, ms: np.ndarray, target: float, points: int, kind: str) -> list[float]:
+    """New values inside the intervals where the metric changes, those nearest the target first.
+
+    A metric that is not monotone in the parameter (a window's share may dip before it rises)
+    can reach the target between two values whose metrics are both on one side of it; only an
+    interval whose ends differ is known to hold values not seen yet, so those are split.
+    """
+    gaps = [i for i in range(len(xs) - 1) if ms[i] != ms[i + 1] and _inside(xs[i], xs[i + 1], 1, kind)]
+    gaps.sort(key=lambda i: min(abs(ms[i] - target), abs(ms[i + 1] - target)))
+    gaps = gaps[:points]
+    share = max(1, points // max(1, len(gaps)))
+    return [v for i in gaps for v in _inside(xs[i], xs[i + 1], share, kind)]
+
+
+def _search(probe: _Probe, lo: float, hi: float, points: int, rounds: int, label: str) -> tuple[float, float]:
+    """The value whose metric is nearest the target: bracket it, then narrow the bracket.
+
+    Until the target is bracketed (the metric on both sides of it at two neighbouring values),
+    each round splits the intervals where the metric changes (up to ``rounds`` such rounds);
+    then ``rounds`` rounds narrow the first bracket (an integer one stops once adjacent).
+    """
+    probe.add([lo, hi, *_inside(lo, hi, points - 2, probe.kind)])
+    explored = narrowed = 0
+    while not probe.tied():
+        xs, ms = probe.sorted()
+        cross = _crossings(xs, ms, probe.target)
+        if cross.size:
+            j = int(cross[0])
+            new = _inside(xs[j], xs[j + 1], points, probe.kind)
+            if narrowed >= rounds or not new:
+                break
+            narrowed += 1
+        else:
+            new = _explore(xs, ms, probe.target, points, probe.kind)
+            if explored >= rounds or not new:
+                raise _unreached(probe, lo, hi, label, complete=not new)
+            explored += 1
+        probe.add(new)
+    return probe.best()
+
+
+def _unreached(probe: _Probe, lo: float, hi: float, label: str, *, complete: bool) -> ParameterError:
+    """The refusal of a target outside the metric's range over the values replayed."""
+    _, ms = probe.sorted()
+    metric = label.rsplit(" ", 1)[-1]
+    note = "" if complete else ", or search finer with more points or rounds"
+    return ParameterError(
+        f"{label}={probe.target:g} is not reached for {probe.parameter!r} in [{lo:g}, {hi:g}]: the {metric} "
+        f"at the {len(ms)} values replayed there ranges over [{ms.min():g}, {ms.max():g}]; "
+        f"widen the bounds or change the target{note}"
+    )
+
+
+def _open_upper(probe: _Probe, lo: float, label: str) -> float:
+    """An upper end for a parameter without one: double until the metric is on the other side."""
+    hi = max(1.0, 2.0 * abs(lo))
+    probe.add([lo])
+    m_lo = probe.seen[probe._key(lo)]
+    for _ in range(40):
+        probe.add([hi])
+        m_hi = probe.seen[probe._key(hi)]
+        if (m_hi - probe.target) * (m_lo - probe.target) <= 0:
+            return hi
+        hi *= 2.0
+    raise ParameterError(
+        f"{label}={probe.target:g} not bracketed by doubling {probe.parameter!r}: "
+        f"metric at lo={lo:g} is {m_lo:g}, at hi={hi / 2:g} is {m_hi:g}; pass bounds"
+    )
+
+
+def _local_runner(data: ReplayData, policy: Policy, options: dict[str, Any], metric: str, cost_model, parameter):
+    """Replays configurations as lane tiles of one in-memory run, within the sweep memory budget."""
+    n = data.num_sequences
+
+    def run(configs: list[dict[str, Any]]) -> np.ndarray:
+        need = estimate_sweep_bytes(data, policy.name, configs, **options)
+        if need > MEMORY_BUDGET:
+            raise ParameterError(
+                f"calibrating {parameter!r} replays {len(configs)} values x {n:,} sequences at once, about "
+                f"{need / 2**30:.3g} GiB (budget {MEMORY_BUDGET / 2**30:.3g} GiB): pass fewer points, "
+                "narrower bounds or engine='ray'"
+            )
+        pol = lane_policy(policy.name, configs, n, **options)
+        result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(configs)))
+        return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(configs))])
+
+    return run, n
+
+
+def _ray_runner(calib, policy: Policy, options: dict[str, Any], metric: str, cost_model, address, batch_rows):
+    """Replays configurations as one Ray Data pass over the calibration split each."""
+    from ead_sdk.simulators.ray_engine import connect, ray_sweep_totals, trace_dataset
+    from ead_sdk.simulators.sweep import replay_columns
+
+    connect(address)
+    meta = calib.meta if isinstance(calib, TraceSet) else read_meta(calib)
+    dataset = trace_dataset(calib, replay_columns(meta, True))
+    costs = cost_model or meta.cost_model()
+
+    def run(configs: list[dict[str, Any]]) -> np.ndarray:
+        totals = ray_sweep_totals(*dataset, policy.name, configs, **options, cost_model=costs, batch_rows=batch_rows)
+        return np.array([_report_metric(t.report(costs), metric) for t in totals])
+
+    return run, dataset[2]
+
+
+def _numeric_parameter(policy: Policy, parameter: str) -> Any:
+    """The declaration of ``parameter``, refused unless it takes any number in an interval."""
+    declared = {p.name: p for p in type(policy).parameters}
+    if parameter not in declared or declared[parameter].kind not in ("float", "int"):
+        raise ParameterError(f"policy {policy.name!r}: {parameter!r} is not a numeric parameter")
+    decl = declared[parameter]
+    if decl.choices is not None:
+        raise ParameterError(
+            f"policy {policy.name!r}: {parameter!r} takes one of {list(decl.choices)}, not a continuous value; "
+            "sweep its choices instead"
+        )
+    return decl
+
+
+def _target(target_large_share: float | None, target_cost_ratio: float | None) -> tuple[str, float]:
+    """``(metric, target)`` from the two keyword arguments, exactly one of which is given."""
+    if (target_large_share is None) == (target_cost_ratio is None):
+        raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
+    if target_large_share is not None:
+        return "large_share", float(target_large_share)
+    return "cost_ratio", float(target_cost_ratio)
+
+
+def _split(traces: Any, held_out: float, seed: int) -> tuple[Any, Any]:
+    """``(held, calib)``: the held-out split (``None`` when ``held_out`` is 0) and the rest."""
+    if held_out <= 0:
+        return None, traces
+    held, calib = traces.split(held_out, seed)
+    if not len(calib):
+        raise ParameterError(f"held_out={held_out} leaves no sequence of {len(traces)} to calibrate on")
+    return held, calib
+
+
 def calibrate(
     traces: TraceSet | str | os.PathLike[str],
     policy: Policy,
@@ -157,7 +358,8 @@ def calibrate(
         traces: the trace; a random ``held_out`` share of its sequences is kept for checking.
         policy: the policy to calibrate (its other parameters, escalation and initial model
             are kept).
-        parameter: a numeric parameter along which the metric is monotone (e.g. a threshold).
+        parameter: a numeric parameter (a threshold, a window, a dwell); the metric need not be
+            monotone in it.
         target_large_share: the wanted share of tokens from the largest model, or
         target_cost_ratio: the wanted cost relative to the largest model alone.
         held_out: share of sequences held out (0: calibrate on everything, report ``nan``).
@@ -165,7 +367,8 @@ def calibrate(
         bounds: the search interval (default: the parameter's declared bounds; an open upper
             bound is found by doubling).
         points: candidate values replayed per round (one batched run each).
-        rounds: refinement rounds (integer parameters stop once the bracket is adjacent).
+        rounds: rounds spent looking for a bracket of the target where the metric changes, and
+            again narrowing it (integer parameters stop once the bracket is adjacent).
         cost_model: per-model costs (default: the trace's parameter counts).
         engine: ``"local"`` or ``"ray"`` (each round one Ray Data pass over the calibration
             split; identical results). With ``"ray"``, ``traces`` may also be the path of a
@@ -178,115 +381,38 @@ def calibrate(
 
     Raises:
         ParameterError: an impossible request (a share outside [0, 1], a cost ratio <= 0,
-            ``held_out`` outside [0, 1), a parameter with choices), or a target the metric does
-            not reach over the searched interval (the message gives the range it reached).
+            ``held_out`` outside [0, 1), a parameter with choices), or a target outside the range
+            the metric reached over the values replayed (the message gives that range).
     """
     if engine not in ("local", "ray"):
         raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
     if not isinstance(traces, TraceSet) and (engine == "local" or held_out > 0):
         raise ParameterError("calibrate splits a TraceSet in memory; a dataset path needs engine='ray' and held_out=0")
-    if (target_large_share is None) == (target_cost_ratio is None):
-        raise ParameterError("give exactly one of target_large_share and target_cost_ratio")
-    metric = "large_share" if target_large_share is not None else "cost_ratio"
-    target = float(target_large_share if target_large_share is not None else target_cost_ratio)
+    metric, target = _target(target_large_share, target_cost_ratio)
     _check_request(metric, target, held_out, bounds, points, rounds)
-    declared = {p.name: p for p in type(policy).parameters}
-    if parameter not in declared or declared[parameter].kind not in ("float", "int"):
-        raise ParameterError(f"policy {policy.name!r}: {parameter!r} is not a numeric parameter")
-    decl = declared[parameter]
-    if decl.choices is not None:
-        raise ParameterError(
-            f"policy {policy.name!r}: {parameter!r} takes one of {list(decl.choices)}, not a continuous value; "
-            "sweep its choices instead"
-        )
-    if held_out > 0:
-        held, calib = traces.split(held_out, seed)
-        if not len(calib):
-            raise ParameterError(f"held_out={held_out} leaves no sequence of {len(traces)} to calibrate on")
-    else:
-        held, calib = None, traces
+    decl = _numeric_parameter(policy, parameter)
+    held, calib = _split(traces, held_out, seed)
     base = {k: v for k, v in policy.params.items() if k != parameter}
     options = {"escalation": policy.escalation, "initial_model": policy.initial_model}
-    evaluations = 0
     if engine == "ray":
-        from ead_sdk.simulators.ray_engine import connect, ray_sweep_totals, trace_dataset
-        from ead_sdk.simulators.sweep import replay_columns
-
-        connect(address)
-        meta = calib.meta if isinstance(calib, TraceSet) else read_meta(calib)
-        dataset = trace_dataset(calib, replay_columns(meta, True))
-        n = dataset[2]
-        costs = cost_model or meta.cost_model()
-
-        def run(configs: list[dict[str, Any]]) -> np.ndarray:
-            totals = ray_sweep_totals(
-                *dataset, policy.name, configs, **options, cost_model=costs, batch_rows=batch_rows
-            )
-            return np.array([_report_metric(t.report(costs), metric) for t in totals])
+        run, n = _ray_runner(calib, policy, options, metric, cost_model, address, batch_rows)
     else:
-        data = ReplayData.from_traces(calib)
-        n = data.num_sequences
+        run, n = _local_runner(ReplayData.from_traces(calib), policy, options, metric, cost_model, parameter)
+    evaluations = 0
 
-        def run(configs: list[dict[str, Any]]) -> np.ndarray:
-            need = estimate_sweep_bytes(data, policy.name, configs, **options)
-            if need > MEMORY_BUDGET:
-                raise ParameterError(
-                    f"calibrating {parameter!r} replays {len(configs)} values x {n:,} sequences at once, about "
-                    f"{need / 2**30:.3g} GiB (budget {MEMORY_BUDGET / 2**30:.3g} GiB): pass fewer points, "
-                    "narrower bounds or engine='ray'"
-                )
-            pol = lane_policy(policy.name, configs, n, **options)
-            result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(configs)))
-            return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(configs))])
-
-    def evaluate(values: np.ndarray) -> np.ndarray:
+    def counted(configs: list[dict[str, Any]]) -> np.ndarray:
         nonlocal evaluations
-        configs = [{**base, parameter: (int(v) if decl.kind == "int" else float(v))} for v in values]
-        evaluations += len(values)
+        evaluations += len(configs)
         return run(configs)
 
+    probe = _Probe(counted, base, parameter, decl.kind, target)
+    label = f"policy {policy.name!r}: target {metric}"
     lo, hi = bounds if bounds is not None else (decl.low if decl.low is not None else 0.0, decl.high)
     if bounds is None:
         lo, hi = _valid_interval(policy, options, base, parameter, decl.kind, lo, hi)
-    if hi is None:  # an open upper bound: double until the metric is on the other side
-        hi = max(1.0, 2.0 * abs(lo))
-        m_lo = evaluate(np.array([lo]))[0]
-        for _ in range(40):
-            m_hi = evaluate(np.array([hi]))[0]
-            if (m_hi - target) * (m_lo - target) <= 0:
-                break
-            hi *= 2.0
-        else:
-            raise ParameterError(
-                f"policy {policy.name!r}: target {metric}={target:g} not bracketed by doubling {parameter!r}: "
-                f"metric at lo={lo:g} is {m_lo:g}, at hi={hi / 2:g} is {m_hi:g}; pass bounds"
-            )
-    best_value, best_gap, best_metric = lo, np.inf, np.nan
-    for round_ in range(rounds):
-        if decl.kind == "int":
-            values = np.unique(np.round(np.linspace(lo, hi, points)).astype(np.int64))
-        else:
-            values = np.linspace(lo, hi, points)
-        got = evaluate(values)
-        gap = np.abs(got - target)
-        i = int(np.argmin(gap))
-        if gap[i] < best_gap:
-            best_value, best_gap, best_metric = values[i], gap[i], got[i]
-        side = np.sign(got - target)
-        cross = np.flatnonzero(side[:-1] * side[1:] <= 0)
-        if round_ == 0 and cross.size == 0 and gap[i] > _TIE * max(1.0, abs(target)):
-            raise ParameterError(
-                f"policy {policy.name!r}: target {metric}={target:g} is not reached for {parameter!r} in "
-                f"[{values[0]:g}, {values[-1]:g}]: the {metric} there ranges over [{got.min():g}, {got.max():g}]; "
-                "widen the bounds or change the target"
-            )
-        if cross.size == 0 or (decl.kind == "int" and values.size <= 2):
-            break
-        j = int(cross[0])
-        lo, hi = float(values[j]), float(values[j + 1])
-        if decl.kind == "int" and hi - lo <= 1:
-            break
-    value: Any = int(best_value) if decl.kind == "int" else float(best_value)
+    if hi is None:
+        hi = _open_upper(probe, lo, label)
+    value, achieved = _search(probe, lo, hi, points, rounds, label)
     chosen = type(policy)(**options, **{**dict(policy.params), parameter: value})
     held_metric = float("nan")
     if held is not None and len(held):
@@ -297,7 +423,7 @@ def calibrate(
         value=value,
         metric=metric,
         target=target,
-        calibration=float(best_metric),
+        calibration=achieved,
         held_out=held_metric,
         policy=chosen,
         evaluations=evaluations,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 
 import pytest
 from ead_sdk.simulators import calibrate, replay, synthetic_traces
@@ -22,8 +23,10 @@ def test_threshold_calibration_hits_the_target_share(target, window, seed):
     traces = synthetic_traces(60, 60, seed=seed)
     policy = load_policy({"policy": "rolling_entropy", "params": {"window": window, "threshold": 1.0, "unit": "nats"}})
     result = calibrate(traces, policy, "threshold", target_large_share=target, seed=seed)
-    assert result.calibration == pytest.approx(target, abs=0.02)
-    held, _ = traces.split(0.5, seed)
+    held, calib = traces.split(0.5, seed)
+    achieved = replay(calib, result.policy).report().large_share
+    assert achieved == result.calibration
+    assert achieved == pytest.approx(target, abs=0.02)
     assert replay(held, result.policy).report().large_share == pytest.approx(result.held_out)
     assert result.policy.params["window"] == window and result.sequences == (30, 30)
 
@@ -32,7 +35,11 @@ def test_cost_ratio_target_and_stateful_hysteresis():
     traces = synthetic_traces(80, 50, seed=3)
     policy = load_policy({"policy": "hysteresis", "params": {"upper": 2.0, "lower": 0.2, "window": 3, "unit": "nats"}})
     result = calibrate(traces, policy, "upper", target_cost_ratio=0.9, bounds=(0.21, 4.0))
-    assert result.metric == "cost_ratio" and result.calibration == pytest.approx(0.9, abs=0.03)
+    held, calib = traces.split(0.5, 0)
+    achieved = replay(calib, result.policy).report().cost_ratio
+    assert result.metric == "cost_ratio" and achieved == result.calibration
+    assert achieved == pytest.approx(0.9, abs=0.03)
+    assert replay(held, result.policy).report().cost_ratio == pytest.approx(result.held_out)
     assert 0.5 < result.held_out < 1.2  # reported, not promised: 40 held-out sequences vary
 
 
@@ -127,19 +134,46 @@ def test_an_open_upper_bound_that_never_brackets_is_refused():
         calibrate(traces, policy, "min_dwell", target_large_share=0.9, held_out=0.0, rounds=1)
 
 
-@settings(max_examples=4, deadline=None)
-@given(target=st.floats(0.2, 0.8))
-def test_window_calibration_searches_a_bounded_interval(target):
-    """Property: window is bounded (1..4096), so calibrating it never doubles an open end: it
-    either returns a window within the bound or refuses with the range reached."""
-    traces = synthetic_traces(6, 12, seed=0)
+def _window_share(traces, window: int) -> float:
+    policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0, "unit": "nats", "window": window}})
+    return replay(traces, policy).report().large_share
+
+
+WINDOW_TRACES = synthetic_traces(6, 12, seed=0)
+WINDOW_SHARES = {w: _window_share(WINDOW_TRACES, w) for w in range(1, 14)}
+"""The share at every window that changes anything: no sequence is longer than 12 tokens, so a
+window of 12 or more averages every entropy so far (checked in the test)."""
+
+
+def _window_targets() -> list[float]:
+    """Each share replay reaches, the midpoints between them, and values just outside their range."""
+    shares = sorted(set(WINDOW_SHARES.values()))
+    mids = [(a + b) / 2 for a, b in itertools.pairwise(shares)]
+    return [shares[0] - 0.01, *shares, *mids, shares[-1] + 0.01]
+
+
+@pytest.mark.parametrize("target", _window_targets())
+def test_window_calibration_succeeds_exactly_where_replay_reaches_the_target(target):
+    """The share is not monotone in window (here it dips from window 1 to 3, then rises): a target
+    anywhere in the range replay reaches over [1, 4096] is calibrated, to a window next to one on
+    the other side of the target (the bracket), and replaying the returned policy gives the
+    reported share; a target outside that range is refused with the range."""
+    assert max(WINDOW_TRACES.flat().lengths) <= 12
+    assert {_window_share(WINDOW_TRACES, w) for w in (100, 4096)} == {WINDOW_SHARES[12]}
+    shares = WINDOW_SHARES
     policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0, "unit": "nats"}})
-    try:
-        res = calibrate(traces, policy, "window", target_large_share=target, held_out=0.0, points=4, rounds=1)
-    except ParameterError as err:
-        assert "in [1, 4096]" in str(err)
-    else:
-        assert 1 <= res.value <= 4096
+    if not min(shares.values()) <= target <= max(shares.values()):
+        with pytest.raises(ParameterError, match=r"is not reached for 'window' in \[1, 4096\]: the large_share"):
+            calibrate(WINDOW_TRACES, policy, "window", target_large_share=target, held_out=0.0)
+        return
+    res = calibrate(WINDOW_TRACES, policy, "window", target_large_share=target, held_out=0.0)
+    assert 1 <= res.value <= 4096 and isinstance(res.value, int)
+    assert replay(WINDOW_TRACES, res.policy).report().large_share == res.calibration
+    assert res.calibration == _window_share(WINDOW_TRACES, res.value)
+    # Some pair of adjacent windows brackets the target with an end no closer than the result.
+    gap = abs(res.calibration - target)
+    pairs = [(shares[w], shares[w + 1]) for w in range(1, 13)]
+    assert any(min(a, b) <= target <= max(a, b) and min(abs(a - target), abs(b - target)) >= gap for a, b in pairs)
 
 
 def test_a_calibration_over_the_memory_budget_is_refused(monkeypatch):

@@ -70,9 +70,10 @@ class TokenMod(Policy):
 
 
 def reference(
-    models: list[Any], policy: Policy, prompt: list[int], steps: int, vocab: int
+    models: list[Any], policy: Policy, prompt: list[int], steps: int, vocab: int, eos: Any = ()
 ) -> tuple[list[int], list[int]]:
-    """Greedy decode recomputing the whole sequence from scratch at every step (no caches)."""
+    """Greedy decode recomputing the whole sequence from scratch at every step (no caches),
+    stopping after an emitted token in ``eos``."""
     state = policy.init_state(1, torch)
     seq, toks, emitted = list(prompt), [], []
     m = policy.initial_model
@@ -100,6 +101,8 @@ def reference(
         seq.append(tok)
         toks.append(tok)
         emitted.append(emitter)
+        if tok in eos:
+            break
         m = min(r, m) if policy.escalation == "retry_token" else r
     return toks, emitted
 
@@ -124,17 +127,32 @@ def test_single_model_matches_transformers_generate(which: int) -> None:
         assert out[0].report.forwards[which] == 12 and out[0].report.catchup == (0, 0)
 
 
+def eos_ids(data: st.DataObject, prompts: list[list[int]], steps: int, policy: Policy) -> list[int]:
+    """End-of-sequence ids drawn among the tokens a free run emits, so lanes do stop early."""
+    free = generate(pair(), policy, prompts, max_new_tokens=steps)
+    emitted = sorted({t for lane in free for t in lane.tokens})
+    return data.draw(st.lists(st.sampled_from(emitted), max_size=2, unique=True), label="eos")
+
+
 @settings(max_examples=8)
-@given(prompts=prompts_st, steps=st.integers(1, 10), escalation=st.sampled_from(["next", "retry", "retry_token"]))
-def test_switching_matches_cache_free_reference(prompts: list[list[int]], steps: int, escalation: str) -> None:
-    """With a policy that switches often, every lane's tokens and emitting models equal a
-    reference that recomputes each distribution from scratch: the one-pass catch-up is exact."""
+@given(
+    data=st.data(),
+    prompts=prompts_st,
+    steps=st.integers(1, 10),
+    escalation=st.sampled_from(["next", "retry", "retry_token"]),
+)
+def test_switching_matches_cache_free_reference(data, prompts: list[list[int]], steps: int, escalation: str) -> None:
+    """With a policy that switches often and end-of-sequence ids that the lanes emit, every lane's
+    tokens and emitting models equal a reference that recomputes each distribution from scratch
+    and stops at EOS: the one-pass catch-up is exact, and finished lanes leave the others alone."""
     policy = TokenMod(escalation=escalation)
-    out = generate(pair(), policy, prompts, max_new_tokens=steps)
+    eos = eos_ids(data, prompts, steps, policy)
+    out = generate(pair(eos_token_id=eos), policy, prompts, max_new_tokens=steps)
     for lane, prompt in zip(out, prompts, strict=True):
-        toks, models = reference([SMALL, LARGE], policy, prompt, steps, VOCAB)
+        toks, models = reference([SMALL, LARGE], policy, prompt, steps, VOCAB, eos=eos)
         assert list(lane.tokens) == toks
         assert list(lane.models) == models
+        assert lane.finish_reason == ("stop" if toks and toks[-1] in eos else "length")
 
 
 def test_ladder_of_three_matches_reference() -> None:
@@ -148,11 +166,11 @@ def test_ladder_of_three_matches_reference() -> None:
 
 
 @settings(max_examples=8)
-@given(prompts=prompts_st, steps=st.integers(1, 8))
-def test_batch_equals_lanes_alone(prompts: list[list[int]], steps: int) -> None:
-    """A batch of lanes (left padding, per-lane routes) gives each lane exactly what it gets alone,
-    and the batch's cost report is the sum of the lanes' reports."""
-    backend = pair()
+@given(data=st.data(), prompts=prompts_st, steps=st.integers(1, 8))
+def test_batch_equals_lanes_alone(data, prompts: list[list[int]], steps: int) -> None:
+    """A batch of lanes (left padding, per-lane routes, lanes finishing early at EOS) gives each
+    lane exactly what it gets alone, and the batch's cost report is the sum of the lanes' reports."""
+    backend = pair(eos_token_id=eos_ids(data, prompts, steps, TokenMod()))
     batch = generate(backend, TokenMod(), prompts, max_new_tokens=steps)
     total_forwards = np.zeros(2, int)
     for lane, prompt in zip(batch, prompts, strict=True):
@@ -259,15 +277,24 @@ def test_sampling_is_seeded_and_uses_warpers() -> None:
 
 
 def test_stream_yields_what_generate_returns() -> None:
-    """The streaming form yields every (lane, token, model) in order, then the same result."""
-    s = stream(pair(), TokenMod(), [[5, 6], [7, 8, 9]], max_new_tokens=5)
+    """The streaming form yields every (lane, token, model) in order, then the result that
+    `generate` returns for the same request (tokens, emitters, finish reasons, cost reports)."""
+    prompts = [[5, 6], [7, 8, 9]]
+    kw = {"max_new_tokens": 5, "sampling": Sampling(do_sample=True, temperature=2.0, seed=5), "stop": [40]}
+    s = stream(pair(), TokenMod(), prompts, **kw)
     events = list(s)
     result = s.result()
+    direct = generate(pair(), TokenMod(), prompts, **kw)
+    assert direct[0].tokens != generate(pair(), TokenMod(), prompts, max_new_tokens=5)[0].tokens  # sampled
+    assert [(x.tokens, x.models, x.finish_reason, x.report) for x in result] == [
+        (x.tokens, x.models, x.finish_reason, x.report) for x in direct
+    ]
+    assert result.report == direct.report
     for lane in range(2):
         mine = [e for e in events if e.lane == lane]
         assert [e.token for e in mine] == list(result[lane].tokens)
         assert [e.model for e in mine] == list(result[lane].models)
-        assert [e.index for e in mine] == list(range(5))
+        assert [e.index for e in mine] == list(range(len(result[lane].tokens)))
 
 
 def test_bad_input_errors() -> None:

@@ -87,6 +87,15 @@ def reference(ids: Any, mask: Any, out: Any) -> tuple[np.ndarray, np.ndarray]:
     return h, lp.numpy()
 
 
+def reference_topk(ids: Any, mask: Any, out: Any, k: int) -> Any:
+    """Teacher-forced float64 top-k log-probs (values and ids) of every generated position."""
+    full_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1] :])], 1)
+    pos = (full_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = MODEL(out, attention_mask=full_mask, position_ids=pos).logits.double()
+    return torch.topk(torch.log_softmax(logits[:, ids.shape[1] - 1 : -1], -1), k, dim=-1)
+
+
 def numpy_routes(entropy: np.ndarray, live: np.ndarray, model_index: int) -> np.ndarray:
     """The policy decided step by step on numpy: the slow reference for the torch path."""
     n, steps = entropy.shape
@@ -148,8 +157,15 @@ def test_records_a_single_model_trace_with_the_would_be_routes(tmp_path):
         np.testing.assert_allclose(row.entropy[:, 0], lane.entropy)
         assert row.fields["policy_routes"] == lane.routes.tolist()
         assert row.top_logprobs.shape == (lane.tokens.size, 1, 3)
-        # the recorded token log-prob is one of the top-k's or below the k-th
-        assert np.all(row.token_logprob[:, 0] <= row.top_logprobs[:, 0, 0] + 1e-5)
+    # The recorded values are those of a teacher-forced float64 pass over the second call's output.
+    h_ref, lp_ref = reference(ids, mask, out)
+    top_ref = reference_topk(ids, mask, out, 3)
+    for i, row in enumerate(rows[2:]):
+        t = row.token_ids.size
+        np.testing.assert_allclose(row.entropy[:, 0], h_ref[i, :t], atol=2e-4)
+        np.testing.assert_allclose(row.token_logprob[:, 0], lp_ref[i, :t], atol=2e-4)
+        np.testing.assert_allclose(row.top_logprobs[:, 0], top_ref.values[i, :t].numpy(), atol=2e-4)
+        assert row.top_ids[:, 0].tolist() == top_ref.indices[i, :t].tolist()
 
 
 def test_a_given_trace_writer_receives_the_rows(tmp_path):

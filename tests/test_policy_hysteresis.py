@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
-from ead_sdk.interface import Step
-from ead_sdk.testing import check_policy, decide_along, run_episode
+from ead_sdk.interface import ESCALATIONS, Step
+from ead_sdk.testing import check_policy, decide_along, dwell_violations, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 
 TIE = 1e-9
@@ -74,15 +74,13 @@ def test_never_switches_inside_the_band(data, lower, gap, first):
     assert set(models) == {first}
 
 
-@given(episode=episodes(), min_dwell=st.integers(0, 6))
-def test_dwell_is_respected_in_closed_loop(episode, min_dwell):
-    """Every stretch on one model (except a lane's last) lasts at least `min_dwell` tokens."""
-    policy = HysteresisPolicy(upper=1.0, lower=0.5, unit="nats", min_dwell=min_dwell)
+@given(episode=episodes(), min_dwell=st.integers(0, 6), escalation=st.sampled_from(ESCALATIONS))
+def test_dwell_is_respected_in_closed_loop(episode, min_dwell, escalation):
+    """The dwell promise holds on the models that emitted the tokens, in every escalation mode
+    (see `dwell_violations`)."""
+    policy = HysteresisPolicy(upper=1.0, lower=0.5, unit="nats", min_dwell=min_dwell, escalation=escalation)
     run = run_episode(policy, episode)
-    for lane in range(episode.lanes):
-        models = run.models[run.live[:, lane], lane]
-        stretches = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(models)) + 1]))
-        assert np.all(stretches >= min_dwell)
+    assert dwell_violations(run, min_dwell, escalation) == []
 
 
 def test_refuses_an_empty_band():

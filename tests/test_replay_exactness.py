@@ -17,10 +17,18 @@ SPECS = [
     {"policy": "rolling_entropy", "params": {"threshold": 0.6, "window": 2, "min_dwell": 3, "unit": "nats"}},
     {"policy": "hysteresis", "params": {"upper": 1.1, "lower": 0.4, "window": 2, "ema": 0.3, "unit": "nats"}},
     {"policy": "fixed", "params": {"model": 1}},
+    {"policy": "top_h", "params": {"alpha": 0.5, "max_kept": 2, "min_mass": 0.3}},
+    {"policy": "confidence", "params": {"threshold": 0.6}},
+    {"policy": "cost_budget", "params": {"budget": 0.3, "threshold": 0.8, "unit": "nats"}},
+    {
+        "policy": "cost_budget",
+        "params": {"budget": 0.4, "inner": {"policy": "rolling_entropy", "params": {"threshold": 0.7, "unit": "nats"}}},
+    },
+    {"policy": "random", "params": {"p": 0.4, "seed": 7}},
 ]
 
 
-@settings(max_examples=20)
+@settings(max_examples=60)
 @given(
     seed=st.integers(0, 10_000),
     n=st.integers(1, 5),

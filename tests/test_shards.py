@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 from ead_sdk.simulators import synthetic_traces
 from hypothesis import given, settings
@@ -90,10 +89,14 @@ def test_a_crashed_worker_keeps_its_complete_batches(tmp_path):
     crashed.close()
 
 
-def test_shard_ids():
+def test_shard_ids(tmp_path):
     assert default_shard_id() != default_shard_id()
     meta = synthetic_traces(1, 2).meta
     for bad in ("", "a/b", ".hidden"):
         with pytest.raises(TraceError, match="shard id"):
             ShardedTraceWriter("/tmp/never-created", meta, shard=bad)
-    assert np.all([p.suffix == ".arrows" for p in ShardedTraceWriter.shards("/nonexistent")])
+    assert ShardedTraceWriter.shards(tmp_path / "nonexistent") == []
+    for name in ("shard-b.arrows", "shard-a.arrows", "notes.txt", "shard-c.parquet", "other.arrows"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "shard-d.arrows").mkdir()
+    assert ShardedTraceWriter.shards(tmp_path) == [tmp_path / "shard-a.arrows", tmp_path / "shard-b.arrows"]

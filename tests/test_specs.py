@@ -39,6 +39,13 @@ def test_spec_round_trips_through_json(params, escalation, initial):
     again = load_policy(json.loads(json.dumps(spec)))
     assert again.spec() == spec
     assert type(again) is type(policy)
+    # What was asked for survives, not only a fixed point of spec(): every given parameter (a
+    # ladder as its list), the escalation mode and the initial model.
+    assert again.escalation == escalation and again.initial_model == initial
+    assert spec["escalation"] == escalation and spec["initial_model"] == initial
+    for name, value in params.items():
+        assert again.params[name] == value, name
+        assert spec["params"][name] == value, name
 
 
 @given(st.lists(st.floats(0, 5, allow_nan=False), min_size=1, max_size=20))

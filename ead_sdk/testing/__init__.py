@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
+    from ead_sdk.testing.dwell import dwell_violations
     from ead_sdk.testing.episodes import Episode, EpisodeRun, decide_along, make_episode, run_episode, to_namespace
     from ead_sdk.testing.models import tiny_llama
 
@@ -25,6 +26,7 @@ _WHERE = {
     "Episode": "episodes",
     "EpisodeRun": "episodes",
     "decide_along": "episodes",
+    "dwell_violations": "dwell",
     "make_episode": "episodes",
     "run_episode": "episodes",
     "to_namespace": "episodes",
@@ -39,6 +41,7 @@ __all__ = [
     "EpisodeRun",
     "check_policy",
     "decide_along",
+    "dwell_violations",
     "make_episode",
     "run_episode",
     "tiny_llama",
