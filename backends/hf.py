@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import pickle
+import warnings
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
@@ -71,6 +73,25 @@ def _new_cache(config: Any) -> Any:
         return DynamicCache()
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's unpickling errors run to a page)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _warn_vocab_mismatch(vocabs: list[int], names: Sequence[str]) -> None:
+    """Without a tokenizer nothing says which ids are real: a routing over differing vocabularies is warned about."""
+    if len(set(vocabs)) > 1:
+        sizes = ", ".join(f"{n!r}: {v}" for n, v in zip(names, vocabs, strict=True))
+        warnings.warn(
+            f"the models' output vocabularies differ ({sizes}) and no tokenizer says which ids are real: "
+            f"routing over the first {min(vocabs)} ids, the larger models' extra logits are dropped; "
+            "pass the tokenizer to have this checked",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class TransformersBackend(Backend):
     """Two or more causal LMs, smallest first, that share a tokenizer.
 
@@ -121,8 +142,10 @@ class TransformersBackend(Backend):
                     kwargs["dtype"] = dtype
                 try:
                     m = AutoModelForCausalLM.from_pretrained(m, **kwargs)
-                except (OSError, ValueError) as exc:
-                    raise BackendError(f"model {i}: cannot load {models[i]!r} from local files ({exc})") from None
+                except (OSError, ValueError, pickle.UnpicklingError) as exc:
+                    raise BackendError(
+                        f"model {i}: cannot load {models[i]!r} from local files ({_first_line(exc)})"
+                    ) from None
             if not hasattr(m, "config") or not callable(m):
                 raise BackendError(f"model {i} is not a transformers model: {type(m).__name__}")
             m = m.to(self._device)
@@ -154,6 +177,7 @@ class TransformersBackend(Backend):
                 )
         else:
             self._vocab = min(vocabs)
+            _warn_vocab_mismatch(vocabs, self._names)
         self._fingerprint = tokenizer_fingerprint(self.tokenizer) if self.tokenizer is not None else ""
         self._eos = self._eos_ids(eos_token_id)
         self._kwargs = [_kwarg_names(m) for m in loaded]
@@ -387,7 +411,7 @@ class _Batch:
         if index is not None:
             rows = rows.index_select(0, index)
         scores = self.warpers(rows, logits)
-        probs = torch.softmax(scores, -1)
+        probs = _drawable(torch.softmax(scores, -1))
         return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
 
     @torch.inference_mode()
@@ -432,6 +456,17 @@ class _Batch:
             tok = torch.from_numpy(gen).to(dev)
             out.append(_row_record(lp, entropy_of(logits), tok, k))
         return out
+
+
+def _drawable(probs: Any) -> Any:
+    """Rows of NaN or +inf logits made uniform so the draw itself cannot fail.
+
+    Such a row's entropy is NaN, and the decode loop refuses it right after this step with a
+    `BackendError` naming the model, lane and position (as for greedy decoding); without this,
+    ``torch.multinomial`` would raise its own error first. No host sync.
+    """
+    ok = torch.isfinite(probs).all(-1, keepdim=True) & (probs.sum(-1, keepdim=True) > 0)
+    return torch.where(ok, probs, torch.ones_like(probs))
 
 
 def _row_record(lp: Any, h: Any, tokens: Any, k: int, empty: bool = False) -> RowRecord:

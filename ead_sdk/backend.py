@@ -56,6 +56,9 @@ class Sampling:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
                 raise BackendError(f"sampling: {name} must be in (0, 1], got {value!r}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise BackendError(f"sampling: seed must be None or an integer in [0, 2**63), got {seed!r:.40}")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able settings (for trace metadata)."""

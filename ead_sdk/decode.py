@@ -18,6 +18,7 @@ import numpy as np
 from ead_sdk.arrays import Array, as_namespace, to_numpy
 from ead_sdk.backend import Backend, DecodeRequest, Draw, LogprobRequest, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.decision import decide_checked, init_checked, is_integer_dtype
 from ead_sdk.errors import BackendError, EadError, ModelCountError
 from ead_sdk.interface import RETRYING, Policy, Step
 
@@ -63,12 +64,15 @@ class GenerateResult:
         cost_model: the per-model costs the reports use.
         recording_cost: the cost of teacher-forced scoring done for a recorded trace, kept apart
             from the routing cost (``None`` when nothing was scored).
+        recording_skipped: lanes left out of the recorded trace because their signals were bad
+            (`ead_sdk.recording.SkippedLane`: lane, model, position, prompt); each was also warned.
     """
 
     lanes: tuple[LaneResult, ...]
     report: CostReport
     cost_model: CostModel
     recording_cost: CostReport | None = None
+    recording_skipped: tuple[Any, ...] = ()
 
     def __len__(self) -> int:
         return len(self.lanes)
@@ -254,11 +258,7 @@ def _prompt_ids(backend: Backend, prompts: Sequence[Sequence[int] | str] | None)
     out = []
     vocab = backend.vocab_size
     for i, prompt in enumerate(prompts):
-        ids = backend.encode(prompt) if isinstance(prompt, str) else prompt
-        try:
-            ids = tuple(int(v) for v in np.asarray(ids, dtype=np.int64).reshape(-1))
-        except (TypeError, ValueError):
-            raise BackendError(f"prompt {i} is neither a string nor a list of token ids") from None
+        ids = _token_ids(i, backend.encode(prompt) if isinstance(prompt, str) else prompt)
         if not ids:
             raise BackendError(f"prompt {i} is empty: a prompt needs at least one token")
         bad = [v for v in ids if not 0 <= v < vocab]
@@ -268,10 +268,30 @@ def _prompt_ids(backend: Backend, prompts: Sequence[Sequence[int] | str] | None)
     return tuple(out)
 
 
+def _token_ids(i: int, ids: Any) -> tuple[int, ...]:
+    """Prompt ``i``'s token ids as Python ints: integers only (a float or a bool is refused, never floored)."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise BackendError(f"prompt {i} is neither a string nor a list of token ids")
+    dtype = getattr(ids, "dtype", None)
+    if dtype is not None and not is_integer_dtype(dtype):  # an array: its dtype says it all
+        raise BackendError(f"prompt {i}: token ids must be integers, got an array of {dtype}")
+    values = ids.reshape(-1).tolist() if hasattr(ids, "reshape") else list(ids)
+    for j, v in enumerate(values):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise BackendError(
+                f"prompt {i}, position {j}: token ids must be integers, got {type(v).__name__} {v!r:.40}"
+            )
+    return tuple(int(v) for v in values)
+
+
+MAX_NEW_TOKENS = 1 << 20
+"""The most tokens one lane may be asked for (far beyond any model's context)."""
+
+
 def _max_new_tokens(backend: Backend, value: int | None) -> int:
     value = backend.default_max_new_tokens() if value is None else value
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise BackendError(f"max_new_tokens must be an integer >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise BackendError(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], got {value!r:.40}")
     return int(value)
 
 
@@ -290,7 +310,7 @@ def _stops(stop: Sequence[str | int]) -> tuple[str | int, ...]:
     for s in stop:
         if isinstance(s, str) and s:
             out.append(s)
-        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0:
+        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 0 <= s < 2**63:
             out.append(int(s))
         else:
             raise BackendError(f"stop entries must be non-empty strings or token ids, got {s!r}")
@@ -343,7 +363,7 @@ def _run(
     finish = ["length"] * n
     live = np.ones(n, bool)
     routes = np.full(n, policy.initial_model, np.int64)
-    state = policy.init_state(n, xp, device)
+    state = init_checked(policy, n, xp, device)
     retry_mode = policy.escalation in RETRYING
     # retry_token: an escalation re-emits one token; the next position stays with the escalating model.
     token_only = policy.escalation == "retry_token"
@@ -378,7 +398,7 @@ def _run(
                 vocab_size=backend.vocab_size,
             )
             # 3. the policy picks the model of position t + 1.
-            next_routes, state = policy.decide(state, step)
+            next_routes, state = decide_checked(policy, state, step, n, t)
             # The one host sync of a step: routes, drawn tokens and non-finite flags together.
             packed = xp.stack(
                 [
@@ -455,16 +475,17 @@ def _run(
                     text=backend.decode(gen.tolist()),
                 )
             )
-        recording_cost = None
+        recording_cost, skipped = None, ()
         if recorder is not None:
             recorder.lanes_done(np.arange(n), tokens, emitters, length)
-            recording_cost = recorder.finish(cost_model)
+            recording_cost, skipped = recorder.finish(cost_model), tuple(recorder.skipped)
             recorder = None
         box["result"] = GenerateResult(
             lanes=tuple(lanes_out),
             report=ledger.report(cost_model),
             cost_model=cost_model,
             recording_cost=recording_cost,
+            recording_skipped=skipped,
         )
     finally:
         if recorder is not None:  # interrupted: the sequences completed so far stay readable

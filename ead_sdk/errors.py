@@ -53,3 +53,7 @@ class RouterTrainingError(EadError, ValueError):
 
 class WeightsIntegrityError(SpecError):
     """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""
+
+
+class PolicyError(EadError):
+    """A policy's ``decide`` failed, or returned routes or state that break the contract."""

@@ -8,6 +8,7 @@ leading dimension is the number of lanes. Per-lane values are what make a sweep 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,7 +93,7 @@ class Param:
         if values.size == 0:
             return
         if self.kind in ("float", "int") and not np.all(np.isfinite(values.astype(float))):
-            raise self._fail(policy, f"must be finite, got {values.tolist()!r}")
+            raise self._fail(policy, f"must be finite, got {_show(values)}")
         lo, hi = self.low, self.high
         if lo is not None:
             bad = values <= lo if self.low_open else values < lo
@@ -109,14 +110,14 @@ class Param:
         kind = self.kind
         if kind == "bool":
             if not isinstance(value, (bool, np.bool_)):
-                raise self._fail(policy, f"must be a bool, got {type(value).__name__} {value!r}")
+                raise self._fail(policy, f"must be a bool, got {type(value).__name__} {_show(value)}")
             return bool(value)
         if kind == "int":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                 if isinstance(value, float) and value.is_integer():
                     value = int(value)
                 else:
-                    raise self._fail(policy, f"must be an integer, got {type(value).__name__} {value!r}")
+                    raise self._fail(policy, f"must be an integer, got {type(value).__name__} {_show(value)}")
             value = int(value)
             if not -(2**63) <= value < 2**63:  # lanes hold int64
                 raise self._fail(policy, f"must fit in 64 bits, got {value}")
@@ -124,13 +125,13 @@ class Param:
             return value
         if kind == "float":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-                raise self._fail(policy, f"must be a number, got {type(value).__name__} {value!r}")
+                raise self._fail(policy, f"must be a number, got {type(value).__name__} {_show(value)}")
             value = float(value)
             self._check_range(policy, np.asarray([value]))
             return value
         if kind == "str":
             if not isinstance(value, str):
-                raise self._fail(policy, f"must be a string, got {type(value).__name__} {value!r}")
+                raise self._fail(policy, f"must be a string, got {type(value).__name__} {_show(value)}")
             if self.choices is not None and value not in self.choices:
                 raise self._fail(policy, f"must be one of {list(self.choices)}, got {value!r}")
             return value
@@ -166,7 +167,7 @@ class Param:
             return value
         if isinstance(value, (list, tuple)):
             if not self.ladder:
-                raise self._fail(policy, f"must be a single {self.kind}, got a list {list(value)!r}")
+                raise self._fail(policy, f"must be a single {self.kind}, got a list {_show(list(value))}")
             if len(value) == 0:
                 raise self._fail(policy, "must not be an empty list")
             items = [self._scalar(policy, v) for v in value]
@@ -175,11 +176,23 @@ class Param:
         return self._scalar(policy, value)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 8, 60, 60
+
+
+def _show(value: Any) -> str:
+    """A short repr for an error message: a 5M-value per-lane array or a deep spec stays a few dozen characters."""
+    if isinstance(value, np.ndarray):
+        head = _REPR.repr(value.ravel()[:8].tolist())
+        return head if value.size <= 8 else f"{head[:-1]}, ...] ({value.size} values, shape {value.shape})"
+    return _REPR.repr(value)
+
+
 def _check_increasing(param: Param, policy: str, rows: np.ndarray) -> None:
     if rows.shape[-1] > 1 and np.any(np.diff(rows, axis=-1) <= 0):
         raise ParameterError(
             f"policy {policy!r}: parameter {param.name!r} must be strictly increasing along the ladder, "
-            f"got {rows.tolist()!r}"
+            f"got {_show(rows)}"
         )
 
 

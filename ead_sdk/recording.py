@@ -11,14 +11,50 @@ run leaves a readable trace of the sequences completed before it stopped.
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ead_sdk.backend import Backend, DecodeRequest
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.errors import BackendError
+from ead_sdk.errors import BackendError, TraceError
 from ead_sdk.interface import Policy
+
+
+class RecordingWarning(UserWarning):
+    """A lane's signals could not be recorded (non-finite values); its sequence was left out."""
+
+
+@dataclass(frozen=True)
+class SkippedLane:
+    """A lane whose sequence was not written to the trace, and why.
+
+    Attributes:
+        lane: the lane (prompt index) within the batch.
+        prompt: the prompt's token ids.
+        model: the model whose signals were bad (``None`` when the trace writer refused the row).
+        position: the generated position of the first bad value (``None`` when unknown).
+        reason: what was wrong, in words.
+    """
+
+    lane: int
+    prompt: tuple[int, ...]
+    model: int | None
+    position: int | None
+    reason: str
+
+
+def _first_bad(
+    entropy: np.ndarray, token_logprob: np.ndarray, top_logprobs: np.ndarray | None
+) -> tuple[int, int] | None:
+    """``(position, model)`` of the first non-finite recorded signal of one lane, or ``None``."""
+    bad = ~np.isfinite(entropy) | np.isnan(token_logprob) | (token_logprob > 0.0 + 1e-3)
+    if top_logprobs is not None and top_logprobs.size:
+        bad |= np.isnan(top_logprobs).any(axis=-1)
+    hits = np.argwhere(bad)
+    return (int(hits[0][0]), int(hits[0][1])) if hits.size else None
 
 
 class LiveRecorder:
@@ -74,6 +110,7 @@ class LiveRecorder:
         self.top_ids = np.zeros((n, t, m, k), np.int32)
         self.top_logprobs = np.full((n, t, m, k), np.nan, np.float32)
         self.written = np.zeros(n, bool)
+        self.skipped: list[SkippedLane] = []
         self.ledger = CostLedger(n, m, [len(p) for p in request.prompts])
 
     def step(self, position: int, computed: list[tuple[int, np.ndarray]], tokens: np.ndarray) -> None:
@@ -88,8 +125,6 @@ class LiveRecorder:
 
     def lanes_done(self, lanes: np.ndarray, tokens: np.ndarray, emitters: np.ndarray, length: np.ndarray) -> None:
         """Score the idle models of finished ``lanes``, write them, and flush."""
-        from ead_sdk.traces import SequenceTrace
-
         lanes = np.asarray([i for i in np.asarray(lanes).tolist() if not self.written[i]], np.int64)
         if lanes.size == 0:
             return
@@ -108,21 +143,48 @@ class LiveRecorder:
                     self.top_ids[i, : length[i], model][gap] = rec.top_ids[gap]
                     self.top_logprobs[i, : length[i], model][gap] = rec.top_logprobs[gap]
         for i in lanes.tolist():
-            t = int(length[i])
-            self.writer.write(
-                SequenceTrace.build(
-                    prompt_ids=self.request.prompts[i],
-                    token_ids=tokens[i, :t],
-                    emitted_by=emitters[i, :t],
-                    entropy=self.entropy[i, :t],
-                    token_logprob=self.token_logprob[i, :t],
-                    top_ids=self.top_ids[i, :t] if self.k else None,
-                    top_logprobs=self.top_logprobs[i, :t] if self.k else None,
-                    fields={"sequence_id": i},
-                )
-            )
+            self._write_lane(i, tokens, emitters, int(length[i]))
             self.written[i] = True
         self.writer.flush()
+
+    def _write_lane(self, i: int, tokens: np.ndarray, emitters: np.ndarray, t: int) -> None:
+        """Write lane ``i``'s sequence; a lane with bad signals is skipped and reported, not fatal."""
+        from ead_sdk.traces import SequenceTrace
+
+        top_lp = self.top_logprobs[i, :t] if self.k else None
+        bad = _first_bad(self.entropy[i, :t], self.token_logprob[i, :t], top_lp)
+        if bad is not None:
+            pos, model = bad
+            name = self.backend.model_names[model]
+            self._skip(i, model, pos, f"model {model} ({name!r}) gave a non-finite signal (NaN or inf)")
+            return
+        seq = SequenceTrace.build(
+            prompt_ids=self.request.prompts[i],
+            token_ids=tokens[i, :t],
+            emitted_by=emitters[i, :t],
+            entropy=self.entropy[i, :t],
+            token_logprob=self.token_logprob[i, :t],
+            top_ids=self.top_ids[i, :t] if self.k else None,
+            top_logprobs=top_lp,
+            fields={"sequence_id": i},
+        )
+        try:
+            self.writer.write(seq)
+        except TraceError as exc:
+            self._skip(i, None, None, str(exc))
+
+    def _skip(self, lane: int, model: int | None, position: int | None, reason: str) -> None:
+        prompt = tuple(int(v) for v in self.request.prompts[lane])
+        text = self.backend.decode(list(prompt))
+        shown = repr(text[:80]) if text is not None else str(list(prompt[:20]))
+        where = f" at generated position {position}" if position is not None else ""
+        skip = SkippedLane(lane, prompt, model, position, f"{reason}{where}")
+        self.skipped.append(skip)
+        warnings.warn(
+            f"lane {lane} not recorded: {skip.reason} (prompt {shown}); the other lanes are written",
+            RecordingWarning,
+            stacklevel=4,
+        )
 
     def finish(self, cost_model: CostModel) -> CostReport:
         """Close a writer this recorder opened; the teacher-forced scoring's cost."""

@@ -8,8 +8,11 @@ the others still load.
 Environment:
     ``EAD_SDK_PLUGINS``: comma-separated allow-list of third-party distributions (``dist``, any
     spelling PEP 503 normalises alike) or single entry points of one (``dist:entry-point``);
-    only those load (the built-ins of ``ead-sdk`` always do).
-    ``EAD_SDK_DISABLE_PLUGINS=1``: load no third-party plugin at all.
+    only those load (the built-ins always do: entry points whose module is inside ``ead_sdk``).
+    ``EAD_SDK_DISABLE_PLUGINS=1``: load nothing but the built-ins.
+
+A distribution that calls itself ``ead-sdk`` but points outside ``ead_sdk`` is reported and never
+loaded, whatever the switches say.
 """
 
 from __future__ import annotations
@@ -125,8 +128,6 @@ class PolicyRegistry:
 
     # -- loading --------------------------------------------------------------------------
     def _allowed(self, ep_name: str, dist: str | None) -> bool:
-        if dist == BUILTIN_DISTRIBUTION:
-            return True
         if not self.third_party:
             return False
         if self.allow is None:
@@ -139,21 +140,28 @@ class PolicyRegistry:
         return _canonical(dist) in allowed or f"{_canonical(dist)}:{ep_name}" in allowed
 
     def load_entry_points(self) -> None:
-        """Import and register every allowed entry point of the ``ead_sdk`` group."""
-        eps = list(md.entry_points(group=hookspecs.PROJECT))
+        """Import and register every allowed entry point of the ``ead_sdk`` group.
 
-        def order(ep: md.EntryPoint) -> tuple[int, str, str]:
-            dist = ep.dist.name if ep.dist is not None else ""
-            return (0 if dist == BUILTIN_DISTRIBUTION else 1, dist, ep.name)
-
+        Built-ins are the entry points whose module lies inside this package (``ead_sdk.*``);
+        they always load, first, whatever distribution lists them. Any other entry point of a
+        distribution that calls itself ``ead-sdk`` is an impostor: reported, never loaded.
+        """
         seen: set[tuple[str, str]] = set()
-        for ep in sorted(eps, key=order):
-            dist = ep.dist.name if ep.dist is not None else None
-            dist_version = ep.dist.version if ep.dist is not None else None
+        for ep, dist, dist_version in sorted(_group_entry_points(), key=_load_order):
             if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value))
-            if not self._allowed(ep.name, dist):
+            builtin = _is_builtin(ep)
+            if not builtin and dist is not None and _canonical(dist) == BUILTIN_DISTRIBUTION:
+                self._problem(
+                    ep.name,
+                    dist,
+                    "validate",
+                    f"distribution {dist!r} {dist_version or ''} calls itself the SDK but its entry point "
+                    f"{ep.value!r} is not part of ead_sdk; not loaded",
+                )
+                continue
+            if not builtin and not self._allowed(ep.name, dist):
                 self.skipped.append(f"{dist}:{ep.name}")
                 continue
             try:
@@ -161,7 +169,9 @@ class PolicyRegistry:
             except Exception as exc:  # a broken plugin must not hide the others
                 self._problem(ep.name, dist, "import", f"{type(exc).__name__}: {exc} (entry point {ep.value!r})")
                 continue
-            self.add_plugin(plugin, name=ep.name, distribution=dist, distribution_version=dist_version)
+            label = BUILTIN_DISTRIBUTION if builtin else dist
+            version = _sdk_version() if builtin else dist_version
+            self.add_plugin(plugin, name=ep.name, distribution=label, distribution_version=version)
 
     def add_plugin(
         self,
@@ -260,6 +270,41 @@ class PolicyRegistry:
         if self.problems:
             cls = DuplicatePolicyError if all(p.stage == "duplicate" for p in self.problems) else PluginError
             raise cls("; ".join(str(p) for p in self.problems))
+
+
+def _group_entry_points() -> list[tuple[md.EntryPoint, str | None, str | None]]:
+    """``(entry point, distribution name, version)`` of the ``ead_sdk`` group in every distribution.
+
+    ``importlib.metadata.entry_points()`` keeps one distribution per name (the first on
+    ``sys.path``), so a second distribution calling itself ``ead-sdk`` would hide the real one;
+    every distribution is read here instead.
+    """
+    out = []
+    for dist in md.distributions():
+        try:
+            name, version = dist.metadata["Name"], dist.version
+            eps = [ep for ep in dist.entry_points if ep.group == hookspecs.PROJECT]
+        except Exception:  # noqa: BLE001 - a broken dist-info must not stop discovery
+            continue
+        out += [(ep, name, version) for ep in eps]
+    return out
+
+
+def _is_builtin(ep: md.EntryPoint) -> bool:
+    """An entry point whose module is this package or inside it."""
+    module = ep.value.partition(":")[0].strip()
+    return module == "ead_sdk" or module.startswith("ead_sdk.")
+
+
+def _load_order(item: tuple[md.EntryPoint, str | None, str | None]) -> tuple[int, str, str]:
+    ep, dist, _ = item
+    return (0 if _is_builtin(ep) else 1, dist or "", ep.name)
+
+
+def _sdk_version() -> str | None:
+    from ead_sdk import __version__
+
+    return __version__
 
 
 _default: PolicyRegistry | None = None

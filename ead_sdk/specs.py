@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ead_sdk import strict_json
 from ead_sdk.atomic_write import atomic_path
 from ead_sdk.errors import ParameterError, SpecError, SpecVersionError, UnknownPolicyError
 from ead_sdk.interface import Policy
@@ -30,8 +32,12 @@ def _spec_folder(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> Pa
 def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(spec_or_path, Mapping):
         return dict(spec_or_path)
+    if not isinstance(spec_or_path, (str, os.PathLike)) or isinstance(os.fspath(spec_or_path), bytes):
+        raise SpecError(
+            f"a policy spec is a dict, a JSON string, a policy name or a path; got {type(spec_or_path).__name__}"
+        )
     text = os.fspath(spec_or_path)
-    if text.lstrip().startswith("{"):
+    if text.lstrip().startswith(("{", "[")):
         source, raw = "<string>", text
     elif _POLICY_NAME.fullmatch(text) and not isinstance(spec_or_path, os.PathLike):
         # A bare policy name, even if a file of that name lies in the working directory: a
@@ -49,18 +55,29 @@ def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
                 f"policy spec file {text!r} is not UTF-8 JSON text ({exc.reason} at byte {exc.start})"
             ) from None
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
+        data = strict_json.loads(raw)
+    except ValueError as exc:
         raise SpecError(f"policy spec {source!r} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"policy spec {source!r} must be a JSON object, got {type(data).__name__}")
     return data
 
 
-def _from_json(value: Any) -> Any:
+def _from_json(policy: str, name: Any, value: Any) -> Any:
     if isinstance(value, Mapping) and set(value) == {"per_lane"}:
-        return np.asarray(value["per_lane"])
+        try:
+            return np.asarray(value["per_lane"])
+        except (ValueError, TypeError):  # ragged rows, or values numpy cannot hold in one array
+            raise ParameterError(
+                f"policy {policy!r}: parameter {name!r}: per_lane must be a list of numbers (or of equal-length "
+                "lists of numbers, one per rung)"
+            ) from None
     return value
+
+
+MAX_NESTING = 16
+"""The deepest chain of policies inside policies (``cost_budget``'s ``inner``) a spec may hold."""
+_nesting = threading.local()
 
 
 def load_policy(
@@ -74,6 +91,17 @@ def load_policy(
         SpecVersionError: a spec version the installed plugin cannot read.
         SpecError: anything else malformed.
     """
+    depth = getattr(_nesting, "depth", 0)
+    if depth >= MAX_NESTING:
+        raise SpecError(f"policy spec nests policies more than {MAX_NESTING} deep (through 'inner')")
+    _nesting.depth = depth + 1
+    try:
+        return _load(spec_or_path, registry)
+    finally:
+        _nesting.depth = depth
+
+
+def _load(spec_or_path: Mapping[str, Any] | str | os.PathLike[str], registry: PolicyRegistry | None) -> Policy:
     spec = _read(spec_or_path)
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
@@ -101,7 +129,10 @@ def load_policy(
     params = spec.get("params", {})
     if not isinstance(params, Mapping):
         raise ParameterError(f"policy {name!r}: 'params' must be an object, got {type(params).__name__}")
-    params = {k: _from_json(v) for k, v in params.items()}
+    odd = [k for k in params if not isinstance(k, str)]
+    if odd:
+        raise ParameterError(f"policy {name!r}: parameter names must be strings, got {odd[0]!r:.40}")
+    params = {k: _from_json(name, k, v) for k, v in params.items()}
     if version != cls.version:
         params = cls.upgrade_params(version, dict(params))
     resolve = getattr(cls, "resolve_spec_paths", None)  # e.g. a learned policy's weights file

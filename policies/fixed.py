@@ -27,11 +27,12 @@ class FixedPolicy(Policy):
         super().__init__(**kwargs)
 
     def check_models(self, num_models: int) -> None:
-        super().check_models(num_models)
+        # 'model' first: the initial model is derived from it, and the user set 'model'.
         model = self.params["model"]
         top = int(model.max()) if is_lane_array(model) else int(model)
         if top >= num_models:
             raise ModelCountError(f"policy 'fixed': model {top} is not one of {num_models} models")
+        super().check_models(num_models)
 
     def init_state(self, n: int, xp: Any, device: Any = None) -> State:
         return self.lane_params(n, as_namespace(xp), device)

@@ -25,6 +25,7 @@ from ead_sdk.simulators.ledger import fill_ledger
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
+from ead_sdk.decision import decide_checked, init_checked
 from ead_sdk.errors import EadError, ModelCountError, TraceError
 from ead_sdk.interface import RETRYING, Policy, Step
 from ead_sdk.traces.schema import TraceMeta
@@ -213,7 +214,7 @@ def replay(
     ledger = CostLedger(n, m_count, data.flat.prompt_lengths[seq])
     import array_api_compat.numpy as xp
 
-    state = policy.init_state(n, xp)
+    state = init_checked(policy, n, xp)
     topk = with_topk and data.top_logprobs is not None
     lengths = data.lengths[seq]
     from ead_sdk.simulators.metrics import emitter_sums, lane_metrics
@@ -347,10 +348,8 @@ def _run(
             vocab_size=vocab,
             future=future,
         )
-        routes, state = policy.decide(state, step)
+        routes, state = decide_checked(policy, state, step, n, t)
         routes = np.asarray(to_numpy(routes))
-        if routes.shape != (n,):
-            raise EadError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
         if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
             lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
         else:

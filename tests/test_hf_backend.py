@@ -221,8 +221,9 @@ def test_padded_vocabularies_are_reconciled() -> None:
     toks, models = reference([SMALL, big], TokenMod(), [5, 6, 7], 10, VOCAB)
     assert list(out[0].tokens) == toks and list(out[0].models) == models
     assert max(out[0].tokens) < VOCAB
-    # Without a tokenizer the shared vocabulary is the smallest output layer.
-    assert TransformersBackend([SMALL, big]).vocab_size == VOCAB
+    # Without a tokenizer the shared vocabulary is the smallest output layer, and a warning says so.
+    with pytest.warns(UserWarning, match="vocabularies differ"):
+        assert TransformersBackend([SMALL, big]).vocab_size == VOCAB
 
 
 def test_logprobs_for_policies() -> None:

@@ -247,3 +247,14 @@ def test_misuse_is_refused_clearly():
         observer.finish(torch.zeros((1, 6), dtype=torch.long))
     with pytest.warns(UserWarning, match="before finish"):
         run(ids, mask, observer, 0, max_new_tokens=3, eos_token_id=[])
+
+
+def test_a_broken_policy_is_named_in_the_observer_too():
+    """The observer calls decide through the same contract check as generate and replay."""
+    from ead_sdk import PolicyError
+    from tests.test_decode_checks import Bad
+
+    ids, mask = batch([[5, 6], [7]])
+    observer = PolicyObserver(Bad("float"), model=MODEL)
+    with pytest.raises(PolicyError, match="policy 'bad' at step 1: routes must be model indices of an integer dtype"):
+        run(ids, mask, observer, 0, max_new_tokens=4, do_sample=False, eos_token_id=[])

@@ -236,3 +236,46 @@ def test_ead_policies_command_lists_distributions():
 def test_import_does_not_load_torch_or_transformers():
     code = "import ead_sdk, sys; ead_sdk.list_policies(); assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _impostor(site: Path) -> None:
+    """A ``ead_sdk-99.0.dist-info`` (``Name: ead-sdk``) first on sys.path, registering ``rolling_entropy``."""
+    (site / "eadtest_impostor.py").write_text(
+        textwrap.dedent(good_plugin("eadtest_impostor", "rolling_entropy", "Fake"))
+    )
+    info = site / "ead_sdk-99.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ead-sdk\nVersion: 99.0\n")
+    (info / "entry_points.txt").write_text("[ead_sdk]\nrolling_entropy = eadtest_impostor\n")
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_a_distribution_claiming_the_sdks_name_does_not_replace_the_builtins(site, monkeypatch, disabled):
+    """Built-ins are known by their module inside ead_sdk, not by the name a distribution claims.
+
+    Before, the impostor hid the real distribution's entry points (importlib keeps one
+    distribution per name), its policy was listed as coming from 'ead-sdk', nothing was
+    reported, and EAD_SDK_DISABLE_PLUGINS=1 did not stop it.
+    """
+    _impostor(site)
+    if disabled:
+        monkeypatch.setenv("EAD_SDK_DISABLE_PLUGINS", "1")
+    with pytest.warns(
+        PluginWarning, match=r"'ead-sdk' 99.0 calls itself the SDK but its entry point 'eadtest_impostor'"
+    ):
+        reg = PolicyRegistry()
+    assert {"fixed", "hysteresis", "cost_budget", "top_h"} <= set(reg.policies)
+    info = reg.policies["rolling_entropy"]
+    assert info.cls.__module__ == "ead_sdk.policies.rolling_entropy" and info.distribution == "ead-sdk"
+    assert "eadtest_impostor" not in sys.modules
+    assert len(reg.problems) == 1 and "not loaded" in str(reg.problems[0])
+
+
+def test_ead_policies_prints_each_problem_once(site):
+    _impostor(site)
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(
+        [sys.executable, "-m", "ead_sdk.cli", "policies"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("calls itself the SDK") == 1, out.stderr

@@ -290,7 +290,7 @@ def test_truncated_stream_reports_what_is_recoverable(tmp_path):
     cut.write_bytes(data[: len(data) - 200])  # inside the third batch
     with pytest.raises(
         TraceError,
-        match=r"cut.arrows: truncated inside batch 2; 2 complete batch\(es\) \(4 sequences\) are recoverable",
+        match=r"cut.arrows: truncated or damaged inside batch 2; 2 complete batch\(es\) \(4 sequences\) are recoverable",
     ):
         read_traces(cut)
     with pytest.warns(TraceWarning, match="4 sequences"):

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, to_json, user_errors
+from ead_sdk import strict_json
+from ead_sdk.cli._app import UserError, app, console, echo_json, err_console, fmt, to_json, user_errors
 from ead_sdk.demo.run import DEFAULT_PROMPTS, FRONTIER_TARGETS, FULL_PROMPTS
 from ead_sdk.errors import EadError
 
@@ -42,16 +41,19 @@ def _backend(models: tuple[str, str] | None, threads: int | None) -> Any:
 
 def read_prompts(path: Path) -> list[str]:
     """Prompts from a file: JSON Lines (a string or a ``{"prompt": ...}`` object per line), or text, one per line."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     prompts: list[str] = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if path.suffix == ".jsonl":
             try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+                item = strict_json.loads(line)
+            except ValueError as exc:
+                raise UserError(f"{path}:{i}: not valid JSON ({str(exc)[:120]})") from None
             item = item.get("prompt") if isinstance(item, dict) else item
             if not isinstance(item, str):
                 raise UserError(f"{path}:{i}: expected a string or an object with a 'prompt' string")
@@ -84,7 +86,9 @@ def _bar(disable: bool) -> Any:
 @user_errors
 def record(
     prompts: Path = typer.Option(..., "--prompts", help="prompts file: .jsonl, or text with one prompt per line"),
-    out: Path = typer.Option(..., "--out", "-o", help="the trace file to write (Parquet)"),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="the trace file to write (Parquet); finished sequences wait in OUT.arrows beside it"
+    ),
     models: tuple[str, str] | None = typer.Option(None, "--models", help=MODELS_HELP, show_default=False),
     policy: str = typer.Option("fixed", "--policy", "-p", help="the policy that routes the recorded trajectory"),
     k: int = typer.Option(8, "--k", help="top-k log-probabilities recorded per model and position"),
@@ -94,10 +98,13 @@ def record(
     threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out"),
 ) -> None:
-    """Decode prompts live and record every model's signals along the trajectory (teacher-forced)."""
-    from ead_sdk.decode import generate
+    """Decode prompts live and record every model's signals along the trajectory (teacher-forced).
+
+    Finished sequences are kept, as they finish, in OUT.arrows beside OUT; Ctrl-C or SIGTERM
+    writes what finished to OUT. After a hard kill, `ead traces recover OUT.arrows --out OUT`.
+    """
+    from ead_sdk.record_job import record_prompts
     from ead_sdk.specs import load_policy
-    from ead_sdk.traces import TraceSet, read_traces, write_traces
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
@@ -105,23 +112,39 @@ def record(
     pol = load_policy(policy)
     backend = _backend(models, threads)
     stops = [s.replace("\\n", "\n") for s in stop]
-    parts = []
-    with tempfile.TemporaryDirectory() as tmp, _bar(False) as bar:
+    with _bar(False) as bar:
         task = bar.add_task("recording", total=len(texts))
-        for start in range(0, len(texts), batch):
-            chunk = texts[start : start + batch]
-            part = Path(tmp) / f"{start}.arrows"
-            generate(backend, pol, chunk, max_new_tokens=max_new_tokens, stop=stops, record=str(part), record_k=k)
-            ts = read_traces(part)
-            seqs = []
-            for seq in ts:
-                seq.fields["sequence_id"] = start + int(seq.fields["sequence_id"])
-                seqs.append(seq)
-            parts.append(TraceSet.from_sequences(ts.meta, seqs))
-            bar.advance(task, len(chunk))
-        merged = TraceSet.concat(parts)
-        path = write_traces(merged, out, overwrite=True)
-    console.print(f"wrote {len(merged)} sequences, {merged.num_tokens} tokens to {path}")
+        res = record_prompts(
+            backend,
+            pol,
+            texts,
+            out,
+            max_new_tokens=max_new_tokens,
+            stop=stops,
+            batch=batch,
+            k=k,
+            overwrite=overwrite,
+            progress=lambda done: bar.advance(task, done),
+        )
+    _report_recording(res)
+
+
+def _report_recording(res: Any) -> None:
+    """Say what was written and where; a stopped run exits 130/143, one with lost prompts 1."""
+    for index, problem in res.problems:
+        err_console.print(f"[yellow]warning:[/yellow] prompt {index} not recorded: {problem}", soft_wrap=True)
+    if res.out is not None:
+        console.print(f"wrote {res.sequences} sequences, {res.tokens} tokens to {res.out}", soft_wrap=True)
+    if res.interrupted:
+        where = f"kept the {res.sequences} finished sequences in {res.out}" if res.out else "no sequence had finished"
+        typer.echo(f"ead record: stopped by {res.interrupted}: {where} ({res.prompts} prompts asked)", err=True)
+        raise typer.Exit(130 if res.interrupted == "SIGINT" else 143)
+    if res.problems:
+        typer.echo(
+            f"ead record: error: {len(res.problems)} of {res.prompts} prompts were not recorded (listed above)",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from rich.table import Table
 from ead_sdk.cli._app import UserError, app, console, default_traces, echo_json, fmt, user_errors
 
 TRACES_HELP = "a trace file or Parquet dataset (default: the embedded demo traces)"
+RECOVER_HELP = "read a stream cut short by a crash up to its last complete batch (a warning says how much)"
 SUMMARY_KEYS = (
     "sequences",
     "tokens",
@@ -94,6 +95,7 @@ def replay(
     traces: Path = typer.Argument(None, help=TRACES_HELP, show_default=False),
     policy: str = typer.Option(..., "--policy", "-p", help="a policy spec: a name, a JSON string or a .json file"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
     """Replay a policy on recorded traces: the cost/quality report (teacher-forced, one fixed path)."""
     from ead_sdk.simulators import replay as run_replay
@@ -102,7 +104,7 @@ def replay(
 
     path = default_traces(traces)
     pol = load_policy(policy)
-    result = run_replay(read_traces(path), pol)
+    result = run_replay(read_traces(path, recover=recover), pol)
     summary = result.summary()
     if as_json:
         echo_json({"traces": str(path), "policy": pol.spec(), "summary": summary, "report": result.report().as_dict()})
@@ -132,6 +134,7 @@ def sweep(
         None, "--address", help="Ray cluster for --engine ray (default: RAY_ADDRESS, else a local instance)"
     ),
     batch_rows: int = typer.Option(1024, "--batch-rows", help="sequences per Ray task (--engine ray)"),
+    recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP + " (--engine local)"),
 ) -> None:
     """Replay every configuration of a parameter grid in one batched run: table and Pareto frontier."""
     from ead_sdk.simulators import sweep as run_sweep
@@ -145,7 +148,9 @@ def sweep(
         plot.parent.mkdir(parents=True, exist_ok=True)
     if engine not in ("local", "ray"):
         raise UserError(f"--engine {engine!r}: expected local or ray")
-    trace_set = read_traces(path, columns=["correct"] if engine == "ray" else None)
+    if recover and engine == "ray":
+        raise UserError("--recover reads a crashed stream locally; compact it first for --engine ray")
+    trace_set = read_traces(path, columns=["correct"] if engine == "ray" else None, recover=recover)
     if quality is None:
         quality = "quality" if _has_labels(trace_set) else "agreement"
     if engine == "ray":  # the workers read the dataset; this process reads only the labels column
@@ -269,6 +274,7 @@ def calibrate(
         "default: the trace's parameter counts)",
     ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
     """Pick one parameter so that replay hits a target large-model share (or cost ratio)."""
     from ead_sdk.simulators import calibrate as run_calibrate
@@ -282,7 +288,7 @@ def calibrate(
     with Progress(transient=True, console=console, disable=as_json) as bar:
         bar.add_task("calibrating", total=None)
         res = run_calibrate(
-            read_traces(path),
+            read_traces(path, recover=recover),
             pol,
             param,
             target_large_share=target_large_share,

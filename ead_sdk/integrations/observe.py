@@ -26,6 +26,7 @@ from transformers import LogitsProcessor
 
 from ead_sdk.backend import LogprobRequest
 from ead_sdk.backends.hf import entropy_of
+from ead_sdk.decision import decide_checked
 from ead_sdk.errors import BackendError, EadError
 from ead_sdk.interface import Policy, Step
 from ead_sdk.specs import load_policy
@@ -214,7 +215,7 @@ class PolicyObserver(LogitsProcessor):
             token_ids=step_ids,
             vocab_size=int(lp.shape[-1]),
         )
-        routes, run.state = self.policy.decide(run.state, step)
+        routes, run.state = decide_checked(self.policy, run.state, step, n, t)
         run.entropy.append(h)
         run.routes.append(torch.as_tensor(routes).to(torch.int64))
         if self.record_k:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ead_sdk import strict_json
 from ead_sdk.errors import TraceError
 from ead_sdk.traces.schema import SequenceTrace, TraceMeta, trace_schema
 
@@ -166,6 +167,16 @@ def _values(column: pa.Array) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
+def _extra_fields(text: str, row: int) -> dict[str, Any]:
+    try:
+        value = strict_json.loads(text)
+    except ValueError as exc:
+        raise TraceError(f"row {row}: field 'extra' is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(value, dict):
+        raise TraceError(f"row {row}: field 'extra' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def batch_to_sequences(meta: TraceMeta, batch: pa.RecordBatch | pa.Table) -> list[SequenceTrace]:
     """The rows of ``batch`` as `SequenceTrace` objects (columns absent from ``batch`` are empty)."""
     if isinstance(batch, pa.Table):
@@ -200,7 +211,7 @@ def batch_to_sequences(meta: TraceMeta, batch: pa.RecordBatch | pa.Table) -> lis
                 fields[name] = tuple(value) if name == "correct" else value
         extra = py.get("extra", [None] * n)[i]
         if extra:
-            fields.update(json.loads(extra))
+            fields.update(_extra_fields(extra, i))
         empty_i = np.zeros(0, np.int32)
         out.append(
             SequenceTrace(

@@ -65,7 +65,9 @@ def compact(
                 table = chunk.table.cast(schema)
                 while table.num_rows:
                     if writer is None:
-                        writer = pq.ParquetWriter(tmp / f"part-{part:05d}.parquet", schema, compression=compression)
+                        writer = pq.ParquetWriter(
+                            tmp / f"part-{part:05d}.parquet", schema, compression=compression, write_page_checksum=True
+                        )
                     take = min(table.num_rows, rows_per_file - rows)
                     writer.write_table(table.slice(0, take), row_group_size=row_group_rows)
                     table, rows = table.slice(take), rows + take
@@ -75,7 +77,9 @@ def compact(
         if writer is not None:
             writer.close()
         elif part == 0:
-            pq.write_table(schema.empty_table(), tmp / "part-00000.parquet", compression=compression)
+            pq.write_table(
+                schema.empty_table(), tmp / "part-00000.parquet", compression=compression, write_page_checksum=True
+            )
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():

@@ -19,12 +19,21 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ead_sdk.errors import TraceError
+from ead_sdk.traces.integrity import check_batch, has_checksums
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 from ead_sdk.traces.validate import check_schema, validate_batch
 
 Format = Literal["parquet", "parquet-dataset", "ipc-file", "ipc-stream"]
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_READ_ERRORS = (pa.ArrowException, OSError, EOFError, UnicodeDecodeError)
+"""What pyarrow raises on a damaged file (a bad decompressor frame, a bad flatbuffer, a short read...)."""
+
+
+def _short(exc: BaseException) -> str:
+    """A damaged file's error in one line (pyarrow's messages can run to several)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 class TraceWarning(UserWarning):
@@ -69,8 +78,8 @@ def read_meta(path: str | os.PathLike[str]) -> TraceMeta:
             schema = ipc.open_file(pa.memory_map(str(p))).schema
         else:
             schema = ipc.open_stream(pa.memory_map(str(p))).schema
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(f"{p}: not a readable Arrow/Parquet trace ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise TraceError(f"{p}: not a readable Arrow/Parquet trace ({_short(exc)})") from None
     return check_schema(schema, str(p), columns=())
 
 
@@ -78,23 +87,28 @@ def _stream_batches(p: Path, recover: bool) -> tuple[pa.Schema, Iterator[pa.Reco
     source = pa.memory_map(str(p))
     try:
         reader = ipc.open_stream(source)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(f"{p}: truncated or not an Arrow stream ({exc}); nothing is recoverable") from None
+    except _READ_ERRORS as exc:
+        raise TraceError(f"{p}: truncated or not an Arrow stream ({_short(exc)}); nothing is recoverable") from None
+
+    required = has_checksums(reader.schema)
 
     def batches() -> Iterator[pa.RecordBatch]:
         rows = count = 0
         while True:
             try:
-                batch = reader.read_next_batch()
+                batch, custom = reader.read_next_batch_with_custom_metadata()
+                check_batch(batch, custom, str(p), count, required)
             except StopIteration:
                 break
-            except (pa.ArrowInvalid, OSError) as exc:
+            except (*_READ_ERRORS, TraceError) as exc:
                 msg = (
-                    f"{p}: truncated inside batch {count}; {count} complete batch(es) "
-                    f"({rows} sequences) are recoverable ({exc})"
+                    f"{p}: truncated or damaged inside batch {count}; {count} complete batch(es) "
+                    f"({rows} sequences) are recoverable ({_short(exc)})"
                 )
                 if not recover:
-                    raise TraceError(msg + "; read with recover=True to keep them") from None
+                    raise TraceError(
+                        msg + "; read with recover=True (command line: --recover, or ead traces recover) to keep them"
+                    ) from None
                 warnings.warn(msg + "; kept them", TraceWarning, stacklevel=3)
                 return
             rows += batch.num_rows
@@ -116,16 +130,39 @@ def _stream_batches(p: Path, recover: bool) -> tuple[pa.Schema, Iterator[pa.Reco
 def _file_batches(p: Path, fmt: Format, columns: list[str] | None, batch_rows: int | None, recover: bool):
     try:
         if fmt == "parquet":
-            pf = pq.ParquetFile(p, memory_map=True)
+            pf = pq.ParquetFile(p, memory_map=True, page_checksum_verification=True)
             schema = pf.schema_arrow
             kwargs = {"batch_size": batch_rows} if batch_rows else {}
             return schema, pf.iter_batches(columns=columns, use_threads=False, **kwargs)
         if fmt == "ipc-file":
             reader = ipc.open_file(pa.memory_map(str(p)))
-            return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(f"{p}: truncated or unreadable {fmt} ({exc})") from None
+            return reader.schema, _ipc_file_batches(reader, str(p))
+    except _READ_ERRORS as exc:
+        raise TraceError(f"{p}: truncated or unreadable {fmt} ({_short(exc)})") from None
     return _stream_batches(p, recover)
+
+
+def _ipc_file_batches(reader: ipc.RecordBatchFileReader, source: str) -> Iterator[pa.RecordBatch]:
+    required = has_checksums(reader.schema)
+    for i in range(reader.num_record_batches):
+        batch, custom = reader.get_batch_with_custom_metadata(i)
+        check_batch(batch, custom, source, i, required)
+        yield batch
+
+
+def _guarded(batches: Iterator[pa.RecordBatch], source: str) -> Iterator[pa.RecordBatch]:
+    """``batches``, each fully validated, with a damaged file's library error turned into a `TraceError`."""
+    count = 0
+    while True:
+        try:
+            batch = next(batches)
+            batch.validate(full=True)
+        except StopIteration:
+            return
+        except _READ_ERRORS as exc:
+            raise TraceError(f"{source}: damaged or truncated at batch {count} ({_short(exc)})") from None
+        count += 1
+        yield batch
 
 
 def iter_trace_batches(
@@ -159,7 +196,7 @@ def iter_trace_batches(
         elif meta != meta0:
             raise TraceError(f"{f}: metadata differs from {files[0]} in the same dataset")
         first = 0
-        for batch in batches:
+        for batch in _guarded(batches, str(f)):
             if cols is not None and batch.schema.names != cols:
                 batch = batch.select(cols)
             step = batch_rows or max(batch.num_rows, 1)

@@ -9,6 +9,7 @@ without copying. The layout is specified in ``docs/trace-format.md``.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ead_sdk import strict_json
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import TraceError
 
@@ -24,6 +26,9 @@ FORMAT_VERSION = 1
 
 META_KEY = b"ead_sdk.trace"
 """The Arrow schema-metadata key holding the JSON-encoded `TraceMeta`."""
+
+META_CRC_KEY = b"ead_sdk.trace.crc32"
+"""The schema-metadata key holding the CRC-32 (decimal) of that JSON (see ``traces/integrity.py``)."""
 
 POSITION_COLUMNS = (
     "token_ids",
@@ -106,8 +111,8 @@ class TraceMeta:
     def from_json(cls, text: str | bytes, *, source: str = "<trace>") -> TraceMeta:
         """Parse and check the stored metadata; refuse a newer or unknown format version."""
         try:
-            raw = json.loads(text)
-        except ValueError as exc:
+            raw = strict_json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise TraceError(f"{source}: trace metadata is not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
             raise TraceError(f"{source}: trace metadata must be a JSON object")
@@ -234,4 +239,5 @@ def trace_schema(meta: TraceMeta) -> pa.Schema:
         pa.field("correct", pa.list_(pa.bool_(), m)),
         pa.field("extra", pa.string()),
     ]
-    return pa.schema(fields, metadata={META_KEY: meta.to_json().encode()})
+    raw = meta.to_json().encode()
+    return pa.schema(fields, metadata={META_KEY: raw, META_CRC_KEY: str(zlib.crc32(raw)).encode()})

@@ -137,8 +137,17 @@ class TraceSet:
         return batch_to_sequences(self.meta, self.table.slice(index % n, 1))[0]
 
     def take(self, indices: Sequence[int] | np.ndarray) -> TraceSet:
-        """The sequences at ``indices``, in that order."""
-        return TraceSet(self.meta, self.table.take(pa.array(np.asarray(indices, np.int64))), self.source)
+        """The sequences at ``indices`` (integers in ``[0, len)``), in that order."""
+        idx = np.asarray(indices)
+        if idx.size == 0:
+            idx = idx.astype(np.int64)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise TraceError(f"{self.source}: take needs a 1-d list of integer sequence indices, got {idx.dtype}")
+        bad = (idx < 0) | (idx >= len(self))
+        if bad.any():
+            first = idx[bad][0].item()
+            raise TraceError(f"{self.source}: sequence index {first} out of range for {len(self)} sequences")
+        return TraceSet(self.meta, self.table.take(pa.array(idx.astype(np.int64))), self.source)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[TraceSet, TraceSet]:
         """A random ``(fraction, 1 - fraction)`` split of the sequences (e.g. calibrate / held out)."""

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ead_sdk.atomic_write import atomic_path
 from ead_sdk.errors import TraceError
 from ead_sdk.traces.codec import sequences_to_batch
+from ead_sdk.traces.integrity import batch_metadata
 from ead_sdk.traces.schema import SequenceTrace, TraceMeta, trace_schema
 from ead_sdk.traces.traceset import TraceSet
 from ead_sdk.traces.validate import validate_batch
@@ -108,7 +109,7 @@ class TraceWriter:
             return
         table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
         batch = table.to_batches()[0]
-        self._stream.write_batch(batch)
+        self._stream.write_batch(batch, custom_metadata=batch_metadata(batch))
         self._sync()
         self.rows_written += batch.num_rows
         self.batches_written += 1
@@ -134,6 +135,25 @@ class TraceWriter:
         self.close()
 
 
+def _publish(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``dest``; without ``overwrite`` a file that appeared meanwhile is kept.
+
+    Checking that ``dest`` is absent and then renaming would let a concurrent writer's file be
+    replaced silently; a hard link fails atomically when ``dest`` exists.
+    """
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise TraceError(f"{dest}: already exists (written by another process meanwhile?); not replaced") from None
+    except OSError:  # a file system without hard links: the check-then-rename fallback
+        if dest.exists():
+            raise TraceError(f"{dest}: already exists (pass overwrite=True to replace it)") from None
+        os.replace(tmp, dest)
+
+
 def write_traces(
     traces: TraceSet,
     path: str | os.PathLike[str],
@@ -152,13 +172,14 @@ def write_traces(
     try:
         table = traces.table.cast(trace_schema(traces.meta))
         if format == "parquet":
-            pq.write_table(table, tmp, row_group_size=row_group_rows, compression="zstd")
+            pq.write_table(table, tmp, row_group_size=row_group_rows, compression="zstd", write_page_checksum=True)
         elif format == "ipc":
             with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as out:
-                out.write_table(table, max_chunksize=row_group_rows)
+                for batch in table.to_batches(max_chunksize=row_group_rows):
+                    out.write_batch(batch, custom_metadata=batch_metadata(batch))
         else:
             raise TraceError(f"format must be 'parquet' or 'ipc', got {format!r}")
-        os.replace(tmp, dest)
+        _publish(tmp, dest, overwrite)
     finally:
         if tmp.exists():
             tmp.unlink()
