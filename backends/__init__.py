@@ -5,18 +5,15 @@ Imported lazily, so ``import ead_sdk.backends`` loads neither torch nor transfor
 
 from __future__ import annotations
 
-from typing import Any
+from ead_sdk.lazy_exports import lazy_exports
 
-__all__ = ["TraceBackend", "TransformersBackend"]
+_EXPORTS = {
+    "TraceBackend": "ead_sdk.backends.trace",
+    "TraceSession": "ead_sdk.backends.trace",
+    "TransformersBackend": "ead_sdk.backends.hf",
+    "TransformersSession": "ead_sdk.backends.hf",
+}
 
+__all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> Any:
-    if name == "TransformersBackend":
-        from ead_sdk.backends.hf import TransformersBackend
-
-        return TransformersBackend
-    if name == "TraceBackend":
-        from ead_sdk.backends.trace import TraceBackend
-
-        return TraceBackend
-    raise AttributeError(f"module 'ead_sdk.backends' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

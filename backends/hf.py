@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.backend import Backend, DecodeRequest, Draw, RowRecord, Sampling
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.errors import BackendError
+from ead_sdk.signals import entropy
 
 try:
     import torch
@@ -181,7 +182,6 @@ class TransformersBackend(Backend):
         self._fingerprint = tokenizer_fingerprint(self.tokenizer) if self.tokenizer is not None else ""
         self._eos = self._eos_ids(eos_token_id)
         self._kwargs = [_kwarg_names(m) for m in loaded]
-        self._batch: _Batch | None = None
 
     # -- construction helpers -------------------------------------------------------------
     @staticmethod
@@ -266,38 +266,15 @@ class TransformersBackend(Backend):
         return int(value) if value else 256
 
     # -- one batch ------------------------------------------------------------------------
-    def start(self, request: DecodeRequest) -> None:
+    def start(self, request: DecodeRequest) -> TransformersSession:
         if any(isinstance(s, str) for s in request.stop) and self.tokenizer is None:
             raise BackendError("stop strings need a tokenizer; give stop token ids instead")
-        self._batch = _Batch(self, request)
-
-    def _need_batch(self) -> _Batch:
-        if self._batch is None:
-            raise BackendError("no batch in progress: call start() first")
-        return self._batch
-
-    def forward(self, model: int, lanes: np.ndarray, position: int) -> Draw:
-        return self._need_batch().forward(model, lanes, position)
-
-    def append(self, position: int, tokens: Any, lanes: np.ndarray) -> None:
-        self._need_batch().append(position, tokens)
-
-    def finished(self, position: int, lanes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return self._need_batch().finished(position, lanes, tokens)
-
-    def record_rows(self, model: int, lanes: np.ndarray, tokens: np.ndarray, k: int) -> RowRecord:
-        return self._need_batch().record_rows(model, lanes, tokens, k)
-
-    def score(self, model: int, lanes: np.ndarray, generated: Sequence[np.ndarray], k: int) -> list[RowRecord]:
-        return self._need_batch().score(model, lanes, generated, k)
-
-    def close(self) -> None:
-        self._batch = None
+        return TransformersSession(self, request)
 
 
 def entropy_of(logits: Any) -> Any:
-    """Entropy in nats of softmax(logits) per row; masked (-inf) tokens add nothing, NaN stays NaN."""
-    return torch.special.entr(torch.softmax(logits, -1)).sum(-1)
+    """Entropy in nats of softmax(logits) per row (`ead_sdk.signals.entropy`, unvalidated: NaN stays NaN)."""
+    return entropy(logits, validate=False)
 
 
 def _warpers(sampling: Sampling) -> Any:
@@ -317,8 +294,8 @@ def _warpers(sampling: Sampling) -> Any:
     return procs
 
 
-class _Batch:
-    """The state of one batch: token buffer, per-model caches, masks and consumed counts."""
+class TransformersSession(BatchSession):
+    """One batch on a `TransformersBackend`: token buffer, per-model caches, masks and consumed counts."""
 
     def __init__(self, owner: TransformersBackend, request: DecodeRequest):
         self.owner, self.request = owner, request
@@ -350,9 +327,18 @@ class _Batch:
         self.stop_ids = np.unique(np.concatenate([owner._eos, np.asarray(ids, np.int64)]))
         self.stop_strings = [s for s in request.stop if isinstance(s, str)]
         self.stop_tail = 2 * max((len(s) for s in self.stop_strings), default=0) + 2
+        self.closed = False
+
+    def close(self) -> None:
+        """Drop the batch's caches and buffers (the models stay loaded on the backend)."""
+        m = self.owner.num_models
+        self.caches, self.masks, self.rows, self.row_entropy = [None] * m, [None] * m, [None] * m, [None] * m
+        self.closed = True
 
     @torch.inference_mode()
     def forward(self, model: int, lanes: np.ndarray, position: int) -> Draw:
+        if self.closed:
+            raise BackendError("this batch session is closed: start a new one")
         owner, dev = self.owner, self.owner.device
         n = self.request.n
         end = self.plen[lanes] + position  # tokens 0 .. end-1 of each lane must be consumed
@@ -415,7 +401,7 @@ class _Batch:
         return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
 
     @torch.inference_mode()
-    def append(self, position: int, tokens: Any) -> None:
+    def append(self, position: int, tokens: Any, lanes: np.ndarray) -> None:
         self.buf[:, self.pmax + position] = tokens
 
     def finished(self, position: int, lanes: np.ndarray, tokens: np.ndarray) -> np.ndarray:

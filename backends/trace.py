@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.backend import Backend, DecodeRequest, Draw, RowRecord
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, RowRecord
 from ead_sdk.errors import BackendError
 from ead_sdk.traces.schema import SequenceTrace, TraceMeta
 
@@ -61,9 +61,6 @@ class TraceBackend(Backend):
                 )
         self.meta = meta
         self.sequences = sequences
-        self._lanes: list[SequenceTrace] = []
-        self._request: DecodeRequest | None = None
-        self._last: dict[int, tuple[np.ndarray, int]] = {}
 
     # -- description ----------------------------------------------------------------------
     @property
@@ -111,25 +108,33 @@ class TraceBackend(Backend):
                 raise BackendError(f"TraceBackend: prompt {i} is not the prompt of trace sequence {i}")
         return self.sequences
 
-    def start(self, request: DecodeRequest) -> None:
+    def start(self, request: DecodeRequest) -> TraceSession:
         if request.logprobs == "full":
             raise BackendError("TraceBackend: a trace records top-k log-probabilities only, not full rows")
         k = int(self.meta.k)
         if request.logprobs is not None and (k == 0 or request.logprobs > k):
             raise BackendError(f"TraceBackend: {request.logprobs} logprobs requested, the trace recorded k={k}")
-        self._lanes = self._match(request)
-        self._request = request
-        self._last = {}
+        return TraceSession(self.meta, self._match(request), request)
+
+
+class TraceSession(BatchSession):
+    """One batch of trace sequences served along their trajectories (see `TraceBackend`)."""
+
+    def __init__(self, meta: TraceMeta, lanes: list[SequenceTrace], request: DecodeRequest):
+        self.meta = meta
+        self._lanes = lanes
+        self._request: DecodeRequest | None = request
+        self._last: dict[int, tuple[np.ndarray, int]] = {}
         # Lane-major padded copies, so a forward is one fancy index.
-        n, m = len(self._lanes), self.meta.num_models
-        t_max = max(1, max(s.length for s in self._lanes))
-        self._lengths = np.array([s.length for s in self._lanes], np.int64)
+        n, m, k = len(lanes), meta.num_models, int(meta.k)
+        t_max = max(1, max(s.length for s in lanes))
+        self._lengths = np.array([s.length for s in lanes], np.int64)
         self._entropy = np.zeros((n, t_max, m), np.float32)
         self._tokens = np.zeros((n, t_max), np.int64)
-        have_top = k > 0 and all(s.top_logprobs is not None for s in self._lanes)
+        have_top = k > 0 and all(s.top_logprobs is not None for s in lanes)
         self._top_lp = np.zeros((n, t_max, m, k), np.float32) if have_top else None
         self._top_ids = np.zeros((n, t_max, m, k), np.int64) if have_top else None
-        for i, s in enumerate(self._lanes):
+        for i, s in enumerate(lanes):
             t = s.length
             self._entropy[i, :t] = s.entropy
             self._tokens[i, :t] = s.token_ids
@@ -139,7 +144,7 @@ class TraceBackend(Backend):
 
     def forward(self, model: int, lanes: np.ndarray, position: int) -> Draw:
         if self._request is None:
-            raise BackendError("TraceBackend: no batch in progress: call start() first")
+            raise BackendError("TraceBackend: this batch session is closed")
         if np.any(position >= self._lengths[lanes]):
             raise BackendError(f"TraceBackend: position {position} is past the end of a trajectory")
         self._last[model] = (np.asarray(lanes, np.int64), position)

@@ -31,15 +31,15 @@ import argparse
 import time
 from typing import Any
 
-import ead_sdk.backends.hf as hf
 import numpy as np
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import ead_sdk.backends.hf as hf
+from ead_sdk import CostModel, generate
 from ead_sdk.backends.hf import TransformersBackend
 from ead_sdk.policies.fixed import FixedPolicy
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from ead_sdk import CostModel, generate
 from ead_sdk.signals import entropy
 from ead_sdk.timing import combine_timings, measure_forward_times
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ead_sdk.backends.hf import TransformersBackend
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 import ead_sdk
+from ead_sdk.backends.hf import TransformersBackend
 from ead_sdk.integrations import PolicyObserver, ead_generate
 
 

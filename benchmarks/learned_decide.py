@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import torch
-from ead_sdk.policies.learned import LearnedPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 
 from ead_sdk.interface import Step
+from ead_sdk.policies.learned import LearnedPolicy
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from ead_sdk.router import FeatureSpec, RouterNetwork
 
 

@@ -3,8 +3,8 @@
 Writes (once, cached) a synthetic Parquet trace dataset of 10,000 sequences x 1,000 tokens in
 20 files, then, in one run:
 
-1. the local engine: `sweep(path, engine="local")`, streaming batches of sequences in this process;
-2. the Ray engine: `sweep(path, engine="ray")` on a local Ray instance with ``--cpus`` CPUs;
+1. the local engine: `sweep(path, engine=LocalEngine())`, streaming batches of sequences in this process;
+2. the Ray engine: `sweep(path, engine=RayEngine())` on a local Ray instance with ``--cpus`` CPUs;
 3. checks the two tables are identical (every figure, no tolerance);
 4. Ray's per-task overhead: a trivial ``map_batches`` over N blocks (the time per task, with the
    block count far above the CPU count), and a read-only pass over the trace's columns;
@@ -27,10 +27,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-from ead_sdk.simulators import sweep, sweep_totals, synthetic_traces  # noqa: E402
+
+from ead_sdk import load_policy  # noqa: E402
+from ead_sdk.simulators import LocalEngine, RayEngine, sweep, sweep_totals, synthetic_traces  # noqa: E402
 from ead_sdk.simulators.replay import ReplayData  # noqa: E402
 from ead_sdk.simulators.sweep import expand_grid, replay_columns  # noqa: E402
-
 from ead_sdk.traces import TraceSet, iter_trace_batches, read_meta, write_traces  # noqa: E402
 
 GRID = {"window": list(range(1, 9)), "threshold": [float(t) for t in np.linspace(0.4, 2.2, 8)], "unit": ["nats"]}
@@ -100,7 +101,7 @@ def main() -> None:
     batch = next(iter_trace_batches(path, replay_columns(meta, False), batch_rows=args.batch_rows))
     t0 = time.perf_counter()
     data = ReplayData.from_traces(batch, with_topk=False)
-    sweep_totals(data, "rolling_entropy", configs, with_topk=False)
+    sweep_totals(data, load_policy("rolling_entropy"), configs, with_topk=False)
     kernel_s = time.perf_counter() - t0
     per_worker = len(configs) * batch.num_tokens / kernel_s
     print(
@@ -109,7 +110,7 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    local = sweep(path, "rolling_entropy", GRID, with_topk=False, batch_rows=args.batch_rows)
+    local = sweep(path, "rolling_entropy", GRID, with_topk=False, engine=LocalEngine(batch_rows=args.batch_rows))
     local_s = time.perf_counter() - t0
     print(f"local engine (1 process, streamed): {local_s:.1f} s -> {decisions / local_s / 1e6:.1f}M decisions/s")
 
@@ -134,7 +135,7 @@ def main() -> None:
     print(f"ray read-only pass (columns {ds_cols}, batches of {args.batch_rows}): {read_s:.1f} s")
 
     t0 = time.perf_counter()
-    on_ray = sweep(path, "rolling_entropy", GRID, with_topk=False, batch_rows=args.batch_rows, engine="ray")
+    on_ray = sweep(path, "rolling_entropy", GRID, with_topk=False, engine=RayEngine(batch_rows=args.batch_rows))
     ray_s = time.perf_counter() - t0
     print(f"ray engine ({args.cpus} CPUs): {ray_s:.1f} s -> {decisions / ray_s / 1e6:.1f}M decisions/s")
 

@@ -27,9 +27,10 @@ from collections import deque
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
 from ead_sdk.policies.hysteresis import HysteresisPolicy  # noqa: E402
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy  # noqa: E402
-from ead_sdk.simulators import replay, synthetic_traces  # noqa: E402
+from ead_sdk.simulators import LocalEngine, replay, synthetic_traces  # noqa: E402
 from ead_sdk.simulators.replay import ReplayData, default_threads  # noqa: E402
 
 
@@ -126,7 +127,7 @@ def main() -> None:
         for _ in range(args.repeats):  # alternate, so that both see the same machine load
             for th in best:
                 t0 = time.perf_counter()
-                results[th] = replay(data, policy, lane_sequence=seq, with_topk=False, threads=th)
+                results[th] = replay(data, policy, lane_sequence=seq, with_topk=False, engine=LocalEngine(threads=th))
                 best[th] = min(best[th], time.perf_counter() - t0)
         result = results[threads]
         if not (np.array_equal(result.emitted_by, results[1].emitted_by) and result.summary() == results[1].summary()):

@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from ead_sdk.policies.top_h import top_h_kept
 
 

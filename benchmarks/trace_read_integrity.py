@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pyarrow as pa  # noqa: E402
 import pyarrow.ipc as ipc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from ead_sdk.simulators.synthetic import synthetic_traces  # noqa: E402
 
+from ead_sdk.simulators.synthetic import synthetic_traces  # noqa: E402
 from ead_sdk.traces import TraceWriter, read_traces, write_traces  # noqa: E402
 from ead_sdk.traces.schema import META_KEY, trace_schema  # noqa: E402
 

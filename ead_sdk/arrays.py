@@ -52,3 +52,25 @@ def default_float(xp: Any) -> Any:
 def device_of(x: Array) -> Any:
     """The device of an array (``"cpu"`` for numpy)."""
     return array_api_compat.device(x)
+
+
+def floating(x: Array, xp: Any) -> Array:
+    """``x`` in a floating dtype fit for exp/log: half precision goes to float32, integers to the default."""
+    if xp.isdtype(x.dtype, "real floating"):
+        # Half precision loses too much in exp/log: compute those in float32.
+        # (Never compare a numpy dtype with None: numpy reads None as float64.)
+        half = [getattr(xp, n) for n in ("float16", "bfloat16") if hasattr(xp, n)]
+        if any(x.dtype == h for h in half):
+            return xp.astype(x, xp.float32)
+        return x
+    return xp.astype(x, default_float(xp))
+
+
+def logsumexp(x: Array, xp: Any) -> Array:
+    """``log(sum(exp(x)))`` over the last axis, kept as an axis (torch's fused kernel on tensors)."""
+    if is_torch(x):
+        import torch
+
+        return torch.logsumexp(x, dim=-1, keepdim=True)
+    m = xp.max(x, axis=-1, keepdims=True)
+    return m + xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))

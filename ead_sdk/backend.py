@@ -75,7 +75,7 @@ class DecodeRequest:
         sampling: how tokens are drawn.
         logprobs: what `Draw.logprobs` must hold (see `LogprobRequest`).
         stop: stop strings and stop token ids, besides the backend's own end-of-sequence.
-        keep_rows: keep each computed distribution until the step ends, for `Backend.record_rows`.
+        keep_rows: keep each computed distribution until the step ends, for `BatchSession.record_rows`.
     """
 
     prompts: tuple[tuple[int, ...], ...]
@@ -124,14 +124,66 @@ class RowRecord:
     top_logprobs: np.ndarray | None = None
 
 
-class Backend(ABC):
-    """Computes next-token distributions for a ladder of models, smallest first.
+class BatchSession(ABC):
+    """One batch a backend is decoding: it owns the batch's state (caches, buffers) until `close`.
 
-    Lifecycle for one batch: `start` with a `DecodeRequest`; then for each generated position
-    ``t`` some calls of `forward` (one per model that lanes are routed to, and one per retry),
-    then `append` with the emitted tokens and `finished` for the lanes still going; `close` at
-    the end. Positions are counted among generated tokens; a model asked for position ``t`` of
-    a lane must first consume every token of that lane it has not seen (its catch-up).
+    For each generated position ``t`` the loop calls `forward` (once per model that lanes are
+    routed to, and once per retry), then `append` with the emitted tokens and `finished` for the
+    lanes still going. Positions are counted among generated tokens; a model asked for position
+    ``t`` of a lane first consumes every token of that lane it has not seen (its catch-up).
+    A session is a context manager: leaving the ``with`` block closes it.
+    """
+
+    @abstractmethod
+    def forward(self, model: int, lanes: np.ndarray, position: int) -> Draw:
+        """Model ``model`` computes generated position ``position`` for ``lanes`` (host int64).
+
+        The model first catches up, in one pass, on any of those lanes' tokens it missed.
+        Returns one row per lane, in the order of ``lanes``.
+        """
+
+    @abstractmethod
+    def append(self, position: int, tokens: Array, lanes: np.ndarray) -> None:
+        """Record the tokens emitted at ``position`` for ``lanes`` (``tokens`` is ``(n,)``)."""
+
+    def finished(self, position: int, lanes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Which of ``lanes`` end with their token at ``position`` (host bool, one per lane).
+
+        Covers the backend's own ends: end-of-sequence ids, stop strings, a trajectory's end.
+        The loop applies the token limit itself.
+        """
+        return np.zeros(len(lanes), bool)
+
+    def record_rows(self, model: int, lanes: np.ndarray, tokens: np.ndarray, k: int) -> RowRecord:
+        """What a trace stores about the distribution ``model`` computed for ``lanes`` this step.
+
+        ``tokens`` are the emitted ones (host). Only needed when recording (the request had
+        ``keep_rows``).
+        """
+        raise BackendError(f"{type(self).__name__} cannot record traces")
+
+    def score(self, model: int, lanes: np.ndarray, generated: Sequence[np.ndarray], k: int) -> list[RowRecord]:
+        """Teacher-forced signals of ``model`` along each lane's whole trajectory ``generated``.
+
+        One `RowRecord` per lane with one row per generated position.
+        """
+        raise BackendError(f"{type(self).__name__} cannot score trajectories")
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release the batch's state (caches, buffers)."""
+
+    def __enter__(self) -> BatchSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    """Describes a ladder of models, smallest first, and starts batch sessions on them.
+
+    The backend itself holds no batch: `start` hands out a `BatchSession` that owns one batch's
+    state, so a backend can serve several batches and never has a half-finished one.
     """
 
     # -- description ----------------------------------------------------------------------
@@ -196,43 +248,5 @@ class Backend(ABC):
 
     # -- one batch ------------------------------------------------------------------------
     @abstractmethod
-    def start(self, request: DecodeRequest) -> None:
-        """Begin a batch: reset every model's state for ``request.n`` fresh lanes."""
-
-    @abstractmethod
-    def forward(self, model: int, lanes: np.ndarray, position: int) -> Draw:
-        """Model ``model`` computes generated position ``position`` for ``lanes`` (host int64).
-
-        The model first catches up, in one pass, on any of those lanes' tokens it missed.
-        Returns one row per lane, in the order of ``lanes``.
-        """
-
-    @abstractmethod
-    def append(self, position: int, tokens: Array, lanes: np.ndarray) -> None:
-        """Record the tokens emitted at ``position`` for ``lanes`` (``tokens`` is ``(n,)``)."""
-
-    def finished(self, position: int, lanes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Which of ``lanes`` end with their token at ``position`` (host bool, one per lane).
-
-        Covers the backend's own ends: end-of-sequence ids, stop strings, a trajectory's end.
-        The loop applies the token limit itself.
-        """
-        return np.zeros(len(lanes), bool)
-
-    def record_rows(self, model: int, lanes: np.ndarray, tokens: np.ndarray, k: int) -> RowRecord:
-        """What a trace stores about the distribution ``model`` computed for ``lanes`` this step.
-
-        ``tokens`` are the emitted ones (host). Only needed when recording (the request had
-        ``keep_rows``).
-        """
-        raise BackendError(f"{type(self).__name__} cannot record traces")
-
-    def score(self, model: int, lanes: np.ndarray, generated: Sequence[np.ndarray], k: int) -> list[RowRecord]:
-        """Teacher-forced signals of ``model`` along each lane's whole trajectory ``generated``.
-
-        One `RowRecord` per lane with one row per generated position.
-        """
-        raise BackendError(f"{type(self).__name__} cannot score trajectories")
-
-    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release the batch's state (caches, buffers)."""
+    def start(self, request: DecodeRequest) -> BatchSession:
+        """Begin a batch of ``request.n`` fresh lanes; the session owns its state until closed."""

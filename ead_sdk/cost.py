@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.errors import EadError
+from ead_sdk.errors import CostModelError
 
 
 @dataclass(frozen=True)
@@ -52,27 +52,27 @@ class CostModel:
     def __post_init__(self) -> None:
         costs = tuple(float(c) for c in self.costs)
         if not costs or any(not np.isfinite(c) or c <= 0 for c in costs):
-            raise EadError(f"model costs must be positive and finite, got {self.costs!r}")
+            raise CostModelError(f"model costs must be positive and finite, got {self.costs!r}")
         if self.names is not None and len(self.names) != len(costs):
-            raise EadError(f"{len(self.names)} model names for {len(costs)} model costs")
+            raise CostModelError(f"{len(self.names)} model names for {len(costs)} model costs")
         object.__setattr__(self, "costs", costs)
         if self.names is not None:  # a list from JSON (from_dict) compares and hashes as the tuple would
             object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         if self.catchup_costs is not None:
             catchup = tuple(float(c) for c in self.catchup_costs)
             if len(catchup) != len(costs):
-                raise EadError(f"{len(catchup)} catch-up costs for {len(costs)} model costs")
+                raise CostModelError(f"{len(catchup)} catch-up costs for {len(costs)} model costs")
             if any(not np.isfinite(c) or c < 0 for c in catchup):
-                raise EadError(f"catch-up costs must be finite and >= 0, got {self.catchup_costs!r}")
+                raise CostModelError(f"catch-up costs must be finite and >= 0, got {self.catchup_costs!r}")
             object.__setattr__(self, "catchup_costs", catchup)
         if self.catchup_pass_costs is not None:
             passes = tuple(float(c) for c in self.catchup_pass_costs)
             if len(passes) != len(costs) or any(not np.isfinite(c) or c < 0 for c in passes):
-                raise EadError(f"catch-up pass costs must be {len(costs)} finite values >= 0, got {passes!r}")
+                raise CostModelError(f"catch-up pass costs must be {len(costs)} finite values >= 0, got {passes!r}")
             object.__setattr__(self, "catchup_pass_costs", passes)
         overhead = float(self.step_overhead)
         if not np.isfinite(overhead) or overhead < 0:
-            raise EadError(f"step_overhead must be finite and >= 0, got {self.step_overhead!r}")
+            raise CostModelError(f"step_overhead must be finite and >= 0, got {self.step_overhead!r}")
         object.__setattr__(self, "step_overhead", overhead)
 
     @classmethod
@@ -94,6 +94,11 @@ class CostModel:
             tuple(names) if names else None,
             tuple(catchup_seconds) if catchup_seconds is not None else None,
         )
+
+    def check_models(self, num_models: int, where: str) -> None:
+        """Refuse to price ``num_models`` models (those of ``where``) with a cost model for another count."""
+        if self.num_models != num_models:
+            raise CostModelError(f"cost model has {self.num_models} models, {where} has {num_models}")
 
     @property
     def num_models(self) -> int:
@@ -167,7 +172,7 @@ class CostModel:
     def from_dict(cls, data: Any) -> CostModel:
         """Rebuild a cost model from `as_dict`'s form (extra keys, such as a measurement's notes, are ignored)."""
         if not isinstance(data, dict) or "costs" not in data:
-            raise EadError("a cost model is a JSON object with a 'costs' list (see CostModel.as_dict)")
+            raise CostModelError("a cost model is a JSON object with a 'costs' list (see CostModel.as_dict)")
         known = {"costs", "unit", "names", "catchup_costs", "step_overhead", "catchup_pass_costs"}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -257,7 +262,7 @@ class CostLedger:
         position = np.asarray(position, np.int64)
         behind = position - self.consumed[lanes, models]
         if np.any(behind < 0):
-            raise EadError("a model was asked to compute a position it has already passed")
+            raise CostModelError("a model was asked to compute a position it has already passed")
         first = ~self.used[lanes, models]
         self.prefill[lanes[first], models[first]] += np.maximum(self.prompt_lengths[lanes[first]] - 1, 0)
         self.used[lanes, models] = True
@@ -281,8 +286,7 @@ class CostLedger:
 
     # -- reports --------------------------------------------------------------------------
     def _check(self, cost_model: CostModel) -> np.ndarray:
-        if cost_model.num_models != self.num_models:
-            raise EadError(f"cost model has {cost_model.num_models} models, ledger has {self.num_models}")
+        cost_model.check_models(self.num_models, "ledger")
         return np.asarray(cost_model.costs)
 
     def per_lane(self, cost_model: CostModel) -> dict[str, np.ndarray]:
@@ -318,9 +322,9 @@ class CostLedger:
             wasted=tuple(int(v) for v in self.wasted[sel].sum(0)),
             prefill=tuple(int(v) for v in self.prefill[sel].sum(0)),
             switches=int(self.switches[sel].sum()),
-            large_share=float(emitted[-1] / tokens) if tokens else 0.0,
+            large_share=_large_share(emitted[-1], tokens),
             cost=cost,
-            cost_ratio=float(cost / (costs[-1] * tokens)) if tokens else 0.0,
+            cost_ratio=_cost_ratio(cost, costs[-1], tokens),
             unit=cost_model.unit,
             **(self._batch_fields() if lanes is None else {}),
         )
@@ -336,3 +340,61 @@ class CostLedger:
             "decode_steps": int(self.emitted.sum(1).max()) if self.n else 0,
             "large_prefill": int(max(int(self.prompt_lengths.max()) - 1, 0)) if self.n else 0,
         }
+
+
+def _large_share(large_tokens: int, tokens: int) -> float:
+    return float(large_tokens / tokens) if tokens else 0.0
+
+
+def _cost_ratio(cost: float, large_cost: float, tokens: int) -> float:
+    """Cost relative to the largest model alone emitting the same tokens."""
+    return float(cost / (large_cost * tokens)) if tokens else 0.0
+
+
+def sum_reports(reports: Sequence[CostReport], cost_model: CostModel) -> CostReport:
+    """The report of several runs' lanes together: counts and costs add, shares and ratios are recomputed.
+
+    Args:
+        reports: reports priced with ``cost_model`` (at least one).
+        cost_model: their cost model (its largest model's cost is the denominator of ``cost_ratio``).
+    """
+    if not reports:
+        raise CostModelError("sum_reports needs at least one report")
+
+    def add(name: str) -> tuple[int, ...]:
+        return tuple(int(sum(vals)) for vals in zip(*(getattr(r, name) for r in reports), strict=True))
+
+    emitted = add("emitted")
+    tokens = sum(r.tokens for r in reports)
+    cost = float(sum(r.cost for r in reports))
+    return CostReport(
+        tokens=tokens,
+        emitted=emitted,
+        forwards=add("forwards"),
+        catchup=add("catchup"),
+        wasted=add("wasted"),
+        prefill=add("prefill"),
+        switches=sum(r.switches for r in reports),
+        large_share=_large_share(emitted[-1], tokens),
+        cost=cost,
+        cost_ratio=_cost_ratio(cost, float(cost_model.costs[-1]), tokens),
+        unit=reports[0].unit,
+        **_batch_sums(reports),
+    )
+
+
+def _batch_sums(reports: Sequence[CostReport]) -> dict[str, Any]:
+    """The runs' forward-pass counts added up (what `CostModel.predict_seconds` reads), when every run has them."""
+    if not all(r.passes for r in reports):
+        return {}
+
+    def add(name: str) -> tuple[int, ...]:
+        return tuple(int(sum(v)) for v in zip(*(getattr(r, name) for r in reports), strict=True))
+
+    return {
+        "passes": add("passes"),
+        "pass_tokens": add("pass_tokens"),
+        "catchup_passes": add("catchup_passes"),
+        "decode_steps": sum(r.decode_steps for r in reports),
+        "large_prefill": sum(r.large_prefill for r in reports),
+    }

@@ -1,9 +1,10 @@
 """The one decode loop: a policy routes each token of each lane between a backend's models.
 
 `generate` runs it to the end and returns the tokens, the emitting models and the cost reports;
-`stream` yields ``(lane, token, model)`` events as tokens are emitted. The loop follows
-DESIGN.md's "One decode step, in order" and knows nothing of what is behind the backend: the
-same code runs two transformers models on a GPU and a recorded trace on numpy.
+`stream` yields ``(lane, token, model)`` events as tokens are emitted. Each step runs, in order:
+each routed model computes the position, the policy routes the next one, a retrying escalation's
+larger model recomputes it, and the token is emitted. The loop knows nothing of what is behind
+the backend: the same code runs two transformers models on a GPU and a recorded trace on numpy.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from typing import Any
 import numpy as np
 
 from ead_sdk.arrays import Array, as_namespace, to_numpy
-from ead_sdk.backend import Backend, DecodeRequest, Draw, LogprobRequest, Sampling
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, LogprobRequest, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.decision import decide_checked, init_checked, is_integer_dtype
-from ead_sdk.errors import BackendError, EadError, ModelCountError
-from ead_sdk.interface import RETRYING, Policy, Step
+from ead_sdk.errors import (
+    ArgumentTypeError,
+    BackendError,
+    DecodeStreamError,
+    ModelCountError,
+    ReplayOnlyPolicyError,
+)
+from ead_sdk.escalation import rule
+from ead_sdk.interface import Policy, Step
 
 
 @dataclass(frozen=True)
@@ -92,9 +100,9 @@ class DecodeStream:
     recorder had received so far stays readable.
     """
 
-    def __init__(self, run: Iterator[list[TokenEvent] | None], box: dict[str, Any]):
+    def __init__(self, loop: _DecodeLoop, run: Iterator[list[TokenEvent] | None]):
+        self._loop = loop
         self._run = run
-        self._box = box
         self._pending: deque[TokenEvent] = deque()
 
     def __iter__(self) -> Iterator[TokenEvent]:
@@ -109,9 +117,9 @@ class DecodeStream:
         """The `GenerateResult`, after running the loop to its end."""
         for _ in self._run:
             pass
-        if "result" not in self._box:
-            raise EadError("the decode stream was closed before it finished")
-        return self._box["result"]
+        if self._loop.result is None:
+            raise DecodeStreamError("the decode stream was closed before it finished")
+        return self._loop.result
 
     def close(self) -> None:
         """Stop decoding now (the backend is closed, a recorder flushed)."""
@@ -156,11 +164,11 @@ def generate(
         BackendError: empty or malformed prompts, non-finite logits (naming model and lane).
         ModelCountError: a policy that cannot route over the backend's models.
     """
-    return _start(
-        False,
+    return _open_stream(
         backend,
         policy,
         prompts,
+        events=False,
         max_new_tokens=max_new_tokens,
         sampling=sampling,
         stop=stop,
@@ -188,11 +196,11 @@ def stream(
 
     Arguments are checked now; decoding starts with the first ``next``.
     """
-    return _start(
-        True,
+    return _open_stream(
         backend,
         policy,
         prompts,
+        events=True,
         max_new_tokens=max_new_tokens,
         sampling=sampling,
         stop=stop,
@@ -203,12 +211,12 @@ def stream(
     )
 
 
-def _start(
-    events: bool,
+def _open_stream(
     backend: Backend,
     policy: Policy,
     prompts: Sequence[Sequence[int] | str] | None,
     *,
+    events: bool,
     max_new_tokens: int | None,
     sampling: Sampling | None,
     stop: Sequence[str | int],
@@ -218,9 +226,9 @@ def _start(
     record_k: int,
 ) -> DecodeStream:
     if not isinstance(policy, Policy):
-        raise EadError(f"policy must be an ead_sdk.Policy, got {type(policy).__name__}")
+        raise ArgumentTypeError(f"policy must be an ead_sdk.Policy, got {type(policy).__name__}")
     if getattr(policy, "replay_only", False):
-        raise ModelCountError(
+        raise ReplayOnlyPolicyError(
             f"policy {policy.name!r} reads replay-only look-ahead (Step.future) and cannot decode live"
         )
     policy.check_models(backend.num_models)
@@ -234,15 +242,15 @@ def _start(
     )
     if cost_model is None:
         cost_model = CostModel.from_param_counts(backend.param_counts, backend.model_names)
-    elif cost_model.num_models != backend.num_models:
-        raise EadError(f"cost model has {cost_model.num_models} models, backend has {backend.num_models}")
+    else:
+        cost_model.check_models(backend.num_models, "backend")
     recorder = None
     if record is not None:
         from ead_sdk.recording import LiveRecorder
 
         recorder = LiveRecorder.open(record, backend, policy, request, k=record_k)
-    box: dict[str, Any] = {}
-    return DecodeStream(_run(backend, policy, request, cost_model, recorder, box, events), box)
+    loop = _DecodeLoop(backend, policy, request, cost_model, recorder)
+    return DecodeStream(loop, loop.run(events=events))
 
 
 # -- argument checks ----------------------------------------------------------------------
@@ -343,151 +351,190 @@ def _check_finite(backend: Backend, bad: np.ndarray, lanes: np.ndarray, models: 
         )
 
 
-def _run(
-    backend: Backend,
-    policy: Policy,
-    request: DecodeRequest,
-    cost_model: CostModel,
-    recorder: Any,
-    box: dict[str, Any],
-    events: bool,
-) -> Iterator[list[TokenEvent] | None]:
-    n, num_models = request.n, backend.num_models
-    xp, device = as_namespace(backend.xp), backend.device
-    kw = {"device": device} if device is not None else {}
-    prompt_lengths = np.array([len(p) for p in request.prompts], np.int64)
-    ledger = CostLedger(n, num_models, prompt_lengths)
-    tokens = np.zeros((n, request.max_new_tokens), np.int64)
-    emitters = np.zeros((n, request.max_new_tokens), np.int64)
-    length = np.zeros(n, np.int64)
-    finish = ["length"] * n
-    live = np.ones(n, bool)
-    routes = np.full(n, policy.initial_model, np.int64)
-    state = init_checked(policy, n, xp, device)
-    retry_mode = policy.escalation in RETRYING
-    # retry_token: an escalation re-emits one token; the next position stays with the escalating model.
-    token_only = policy.escalation == "retry_token"
-    limits = backend.lane_limits(request)
-    if limits is not None:
-        live &= np.asarray(limits) > 0
-        finish = ["stop" if not ok else "length" for ok in live]
-    backend.start(request)
-    try:
-        if recorder is not None:
-            recorder.begin(request)
-        for t in range(request.max_new_tokens):
-            active = np.flatnonzero(live)
-            if active.size == 0:
-                break
-            # 1-2. each routed model catches up and computes position t for its lanes.
-            draws: list[tuple[int, np.ndarray, Draw]] = []
-            for m in np.unique(routes[active]).tolist():
-                lanes = active[routes[active] == m]
-                draws.append((m, lanes, backend.forward(m, lanes, t)))
-                ledger.forward_pass(lanes, m, t)
-            entropy = _scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws])
-            drawn = _scatter(xp, device, n, [(ln, d.token) for _, ln, d in draws])
-            step = Step(
-                entropy=entropy,
-                model=xp.asarray(routes, **kw),
-                index=xp.full((n,), t, dtype=xp.int64, **kw),
-                live=xp.asarray(live, **kw),
-                logprobs=_scatter(xp, device, n, [(ln, d.logprobs) for _, ln, d in draws]),
-                token_ids=_scatter(xp, device, n, [(ln, d.token_ids) for _, ln, d in draws]),
-                token=drawn,
-                vocab_size=backend.vocab_size,
+def _events(t: int, active: np.ndarray, host_tokens: np.ndarray, emitter: np.ndarray) -> list[TokenEvent]:
+    lanes, toks, models = active.tolist(), host_tokens[active].tolist(), emitter[active].tolist()
+    return [TokenEvent(i, tok, m, t) for i, tok, m in zip(lanes, toks, models, strict=True)]
+
+
+class _DecodeLoop:
+    """One batch through the loop: the lanes' tokens, emitters, routes and the policy's state.
+
+    `run` follows the decode step of `ead_sdk.decode` in order: `_compute` (each routed model
+    computes position ``t``), `_decide` (the policy routes position ``t + 1``; the step's one host
+    sync), `_retry` (a retrying escalation's larger model recomputes position ``t``) and `_emit`.
+    """
+
+    def __init__(self, backend: Backend, policy: Policy, request: DecodeRequest, cost_model: CostModel, recorder: Any):
+        self.backend, self.policy, self.request = backend, policy, request
+        self.cost_model, self.recorder = cost_model, recorder
+        n = request.n
+        self.xp, self.device = as_namespace(backend.xp), backend.device
+        self.kw = {"device": self.device} if self.device is not None else {}
+        self.ledger = CostLedger(n, backend.num_models, np.array([len(p) for p in request.prompts], np.int64))
+        self.tokens = np.zeros((n, request.max_new_tokens), np.int64)
+        self.emitters = np.zeros((n, request.max_new_tokens), np.int64)
+        self.length = np.zeros(n, np.int64)
+        self.finish = ["length"] * n
+        self.live = np.ones(n, bool)
+        self.routes = np.full(n, policy.initial_model, np.int64)
+        self.state = init_checked(policy, n, self.xp, self.device)
+        self.escalation = rule(policy.escalation)
+        self.result: GenerateResult | None = None
+        limits = backend.lane_limits(request)
+        if limits is not None:
+            self.live &= np.asarray(limits) > 0
+            self.finish = ["stop" if not ok else "length" for ok in self.live]
+
+    def run(self, *, events: bool) -> Iterator[list[TokenEvent] | None]:
+        """Decode position by position, yielding each position's events (or ``None``)."""
+        session = self.backend.start(self.request)
+        try:
+            if self.recorder is not None:
+                self.recorder.begin(self.request, session)
+            for t in range(self.request.max_new_tokens):
+                active = np.flatnonzero(self.live)
+                if active.size == 0:
+                    break
+                draws, step = self._compute(session, t, active)
+                host_routes, host_tokens = self._decide(t, active, step)
+                emitter = self.routes.copy()
+                computed = [(m, lanes) for m, lanes, _ in draws]
+                drawn = self._retry(session, t, active, host_routes, step.token, host_tokens, emitter, computed)
+                self._emit(session, t, active, drawn, host_tokens, emitter, computed)
+                self.routes[active] = self.escalation.next_model(host_routes[active], self.routes[active])
+                yield _events(t, active, host_tokens, emitter) if events else None
+            self.result = self._finish()
+        finally:
+            if self.recorder is not None:  # interrupted: the sequences completed so far stay readable
+                self.recorder.close()
+            session.close()
+
+    def _compute(self, session: BatchSession, t: int, active: np.ndarray) -> tuple[list, Step]:
+        """Steps 1-2: each routed model catches up and computes position ``t`` for its lanes."""
+        xp, device, n = self.xp, self.device, self.request.n
+        draws: list[tuple[int, np.ndarray, Draw]] = []
+        for m in np.unique(self.routes[active]).tolist():
+            lanes = active[self.routes[active] == m]
+            draws.append((m, lanes, session.forward(m, lanes, t)))
+            self.ledger.forward_pass(lanes, m, t)
+        step = Step(
+            entropy=_scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws]),
+            model=xp.asarray(self.routes, **self.kw),
+            index=xp.full((n,), t, dtype=xp.int64, **self.kw),
+            live=xp.asarray(self.live, **self.kw),
+            logprobs=_scatter(xp, device, n, [(ln, d.logprobs) for _, ln, d in draws]),
+            token_ids=_scatter(xp, device, n, [(ln, d.token_ids) for _, ln, d in draws]),
+            token=_scatter(xp, device, n, [(ln, d.token) for _, ln, d in draws]),
+            vocab_size=self.backend.vocab_size,
+        )
+        return draws, step
+
+    def _decide(self, t: int, active: np.ndarray, step: Step) -> tuple[np.ndarray, np.ndarray]:
+        """Step 3: the policy picks the model of position ``t + 1``; routes and tokens on the host."""
+        xp, kw = self.xp, self.kw
+        next_routes, self.state = decide_checked(self.policy, self.state, step, self.request.n, t)
+        # The one host sync of a step: routes, drawn tokens and non-finite flags together.
+        packed = xp.stack(
+            [
+                xp.astype(xp.asarray(next_routes, **kw), xp.int64),
+                xp.astype(step.token, xp.int64),
+                xp.astype(xp.isnan(step.entropy), xp.int64),
+            ]
+        )
+        host_routes, host_tokens, bad = to_numpy(packed)
+        _check_finite(self.backend, bad, active, self.routes, t)
+        num_models = self.backend.num_models
+        nxt = host_routes[active]
+        if np.any((nxt < 0) | (nxt >= num_models)):
+            lane = int(active[np.flatnonzero((nxt < 0) | (nxt >= num_models))[0]])
+            raise ModelCountError(
+                f"policy {self.policy.name!r} routed lane {lane} to model {int(host_routes[lane])}, "
+                f"not one of {num_models} models"
             )
-            # 3. the policy picks the model of position t + 1.
-            next_routes, state = decide_checked(policy, state, step, n, t)
-            # The one host sync of a step: routes, drawn tokens and non-finite flags together.
-            packed = xp.stack(
-                [
-                    xp.astype(xp.asarray(next_routes, **kw), xp.int64),
-                    xp.astype(drawn, xp.int64),
-                    xp.astype(xp.isnan(entropy), xp.int64),
-                ]
-            )
-            host_routes, host_tokens, bad = to_numpy(packed)
-            _check_finite(backend, bad, active, routes, t)
-            nxt = host_routes[active]
-            if np.any((nxt < 0) | (nxt >= num_models)):
-                lane = int(active[np.flatnonzero((nxt < 0) | (nxt >= num_models))[0]])
-                raise ModelCountError(
-                    f"policy {policy.name!r} routed lane {lane} to model {int(host_routes[lane])}, "
-                    f"not one of {num_models} models"
-                )
-            emitter = routes.copy()
-            computed = [(m, lanes) for m, lanes, _ in draws]
-            # 4. escalation "retry"/"retry_token": the larger model recomputes position t; its draw is emitted.
-            if retry_mode:
-                up = active[host_routes[active] > routes[active]]
-                for r in np.unique(host_routes[up]).tolist():
-                    lanes = up[host_routes[up] == r]
-                    draw = backend.forward(r, lanes, t)
-                    ledger.forward_pass(lanes, r, t)
-                    ledger.waste(lanes, routes[lanes])
-                    # A second sync, only on steps with a retry.
-                    extra = to_numpy(
-                        xp.stack([xp.astype(draw.token, xp.int64), xp.astype(xp.isnan(draw.entropy), xp.int64)])
-                    )
-                    bad_retry = np.zeros(n, np.int64)
-                    bad_retry[lanes] = extra[1]
-                    _check_finite(backend, bad_retry, lanes, np.full(n, r), t)
-                    drawn = xp.asarray(drawn, copy=True)
-                    drawn[xp.asarray(lanes, **kw)] = xp.astype(draw.token, drawn.dtype)
-                    host_tokens[lanes] = extra[0]
-                    emitter[lanes] = r
-                    computed.append((r, lanes))
-            # 5. emit; lanes stop at their end, a stop sequence, or the token limit.
-            ledger.emit(active, emitter[active])
-            backend.append(t, drawn, active)
-            tokens[active, t] = host_tokens[active]
-            emitters[active, t] = emitter[active]
-            length[active] += 1
-            if recorder is not None:
-                recorder.step(t, computed, host_tokens)
-            done = backend.finished(t, active, host_tokens[active])
-            for lane in active[done].tolist():
-                finish[lane] = "stop"
-            live[active[done]] = False
-            if recorder is not None and done.any():
-                recorder.lanes_done(active[done], tokens, emitters, length)
-            routes[active] = np.minimum(host_routes[active], routes[active]) if token_only else host_routes[active]
-            if events:
-                yield [
-                    TokenEvent(i, tok, m, t)
-                    for i, tok, m in zip(
-                        active.tolist(), host_tokens[active].tolist(), emitter[active].tolist(), strict=True
-                    )
-                ]
-            else:
-                yield None
+        return host_routes, host_tokens
+
+    def _retry(
+        self,
+        session: BatchSession,
+        t: int,
+        active: np.ndarray,
+        host_routes: np.ndarray,
+        drawn: Array,
+        host_tokens: np.ndarray,
+        emitter: np.ndarray,
+        computed: list[tuple[int, np.ndarray]],
+    ) -> Array:
+        """Step 4: under a retrying escalation the larger model recomputes position ``t`` and its draw is emitted."""
+        if not self.escalation.retries:
+            return drawn
+        xp, kw, n, routes = self.xp, self.kw, self.request.n, self.routes
+        up = active[self.escalation.retried(host_routes[active], routes[active])]
+        for r in np.unique(host_routes[up]).tolist():
+            lanes = up[host_routes[up] == r]
+            draw = session.forward(r, lanes, t)
+            self.ledger.forward_pass(lanes, r, t)
+            self.ledger.waste(lanes, routes[lanes])
+            # A second sync, only on steps with a retry.
+            extra = to_numpy(xp.stack([xp.astype(draw.token, xp.int64), xp.astype(xp.isnan(draw.entropy), xp.int64)]))
+            bad_retry = np.zeros(n, np.int64)
+            bad_retry[lanes] = extra[1]
+            _check_finite(self.backend, bad_retry, lanes, np.full(n, r), t)
+            drawn = xp.asarray(drawn, copy=True)
+            drawn[xp.asarray(lanes, **kw)] = xp.astype(draw.token, drawn.dtype)
+            host_tokens[lanes] = extra[0]
+            emitter[lanes] = r
+            computed.append((r, lanes))
+        return drawn
+
+    def _emit(
+        self,
+        session: BatchSession,
+        t: int,
+        active: np.ndarray,
+        drawn: Array,
+        host_tokens: np.ndarray,
+        emitter: np.ndarray,
+        computed: list[tuple[int, np.ndarray]],
+    ) -> None:
+        """Step 5: emit; lanes stop at their end, a stop sequence, or the token limit."""
+        self.ledger.emit(active, emitter[active])
+        session.append(t, drawn, active)
+        self.tokens[active, t] = host_tokens[active]
+        self.emitters[active, t] = emitter[active]
+        self.length[active] += 1
+        if self.recorder is not None:
+            self.recorder.step(t, computed, host_tokens)
+        done = session.finished(t, active, host_tokens[active])
+        for lane in active[done].tolist():
+            self.finish[lane] = "stop"
+        self.live[active[done]] = False
+        if self.recorder is not None and done.any():
+            self.recorder.lanes_done(active[done], self.tokens, self.emitters, self.length)
+
+    def _finish(self) -> GenerateResult:
+        """Every lane's result and the batch's reports; a recorder writes what is left and closes."""
         lanes_out = []
-        for i in range(n):
-            gen = tokens[i, : length[i]]
+        for i in range(self.request.n):
+            gen = self.tokens[i, : self.length[i]]
             lanes_out.append(
                 LaneResult(
-                    prompt=request.prompts[i],
+                    prompt=self.request.prompts[i],
                     tokens=tuple(int(v) for v in gen),
-                    models=tuple(int(v) for v in emitters[i, : length[i]]),
-                    report=ledger.report(cost_model, np.array([i])),
-                    finish_reason=finish[i],
-                    text=backend.decode(gen.tolist()),
+                    models=tuple(int(v) for v in self.emitters[i, : self.length[i]]),
+                    report=self.ledger.report(self.cost_model, np.array([i])),
+                    finish_reason=self.finish[i],
+                    text=self.backend.decode(gen.tolist()),
                 )
             )
         recording_cost, skipped = None, ()
-        if recorder is not None:
-            recorder.lanes_done(np.arange(n), tokens, emitters, length)
-            recording_cost, skipped = recorder.finish(cost_model), tuple(recorder.skipped)
-            recorder = None
-        box["result"] = GenerateResult(
+        if self.recorder is not None:
+            self.recorder.lanes_done(np.arange(self.request.n), self.tokens, self.emitters, self.length)
+            recording_cost, skipped = self.recorder.finish(self.cost_model), tuple(self.recorder.skipped)
+            self.recorder = None
+        return GenerateResult(
             lanes=tuple(lanes_out),
-            report=ledger.report(cost_model),
-            cost_model=cost_model,
+            report=self.ledger.report(self.cost_model),
+            cost_model=self.cost_model,
             recording_cost=recording_cost,
             recording_skipped=skipped,
         )
-    finally:
-        if recorder is not None:  # interrupted: the sequences completed so far stay readable
-            recorder.close()
-        backend.close()

@@ -10,10 +10,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from ead_sdk.arrays import Array, as_namespace
 from ead_sdk.errors import ModelCountError, ParameterError, SpecVersionError
+from ead_sdk.escalation import ESCALATIONS, Escalation, EscalationRule, rule
 from ead_sdk.params import Param, json_value, lane_value, validate_params
 
 State = dict[str, Array]
@@ -21,11 +22,6 @@ State = dict[str, Array]
 
 Routes = Array
 """Integer model indices per lane: 0 is the smallest model, ``M - 1`` the largest."""
-
-Escalation = Literal["next", "retry", "retry_token"]
-ESCALATIONS: tuple[str, ...] = ("next", "retry", "retry_token")
-# Modes in which a larger model recomputes and re-emits the token whose step escalated.
-RETRYING: tuple[str, ...] = ("retry", "retry_token")
 
 
 @dataclass(frozen=True)
@@ -95,16 +91,30 @@ class Policy(ABC):
         self.escalation: Escalation = escalation
         self.initial_model = initial_model
         self._params = validate_params(label, type(self).parameters, params)
-        self.validate()
+        self.configure()
 
     # -- configuration --------------------------------------------------------------------
+    @property
+    def escalation_rule(self) -> EscalationRule:
+        """The `EscalationRule` of this policy's escalation mode (who emits, where the lane goes)."""
+        return rule(self.escalation)
+
     @property
     def params(self) -> Mapping[str, Any]:
         """The validated parameter values (read-only)."""
         return MappingProxyType(self._params)
 
-    def validate(self) -> None:  # noqa: B027 - optional hook, deliberately empty
-        """Check relations between parameters (e.g. ``upper > lower``); raise `ParameterError`."""
+    def configure(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Finish building the policy from its validated parameters (called once by the constructor).
+
+        Check relations between parameters (e.g. ``upper > lower``; raise `ParameterError`) and
+        derive what the configuration implies (e.g. a nested policy built from a spec).
+        """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "validate" in cls.__dict__:  # the hook's old name: it would never be called
+            raise TypeError(f"{cls.__qualname__}.validate(): the hook is called configure() now; rename it")
 
     def num_rungs(self) -> int | None:
         """How many models the configuration implies (e.g. thresholds + 1); ``None`` if any."""

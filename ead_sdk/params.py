@@ -67,7 +67,7 @@ class Param:
         return self.default is REQUIRED
 
     def schema(self) -> dict[str, Any]:
-        """A JSON-able description (for ``list_policies`` and ``ead policies --json``)."""
+        """A JSON-able description (for ``installed_policies`` and ``ead policies --json``)."""
         out: dict[str, Any] = {"kind": self.kind, "doc": self.doc}
         if not self.required:
             out["default"] = self.default

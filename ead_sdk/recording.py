@@ -17,14 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.backend import Backend, DecodeRequest
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.errors import BackendError, TraceError
+from ead_sdk.errors import BackendError, RecordingWarning, TraceError
 from ead_sdk.interface import Policy
-
-
-class RecordingWarning(UserWarning):
-    """A lane's signals could not be recorded (non-finite values); its sequence was left out."""
 
 
 @dataclass(frozen=True)
@@ -101,10 +97,11 @@ class LiveRecorder:
             )
         return cls(record, backend, owns_writer=False)
 
-    def begin(self, request: DecodeRequest) -> None:
+    def begin(self, request: DecodeRequest, session: BatchSession) -> None:
         """Allocate the batch's buffers (NaN marks what no model computed live)."""
         n, t, m, k = request.n, request.max_new_tokens, self.backend.num_models, self.k
         self.request = request
+        self.session = session
         self.entropy = np.full((n, t, m), np.nan, np.float32)
         self.token_logprob = np.full((n, t, m), np.nan, np.float32)
         self.top_ids = np.zeros((n, t, m, k), np.int32)
@@ -116,7 +113,7 @@ class LiveRecorder:
     def step(self, position: int, computed: list[tuple[int, np.ndarray]], tokens: np.ndarray) -> None:
         """Store what each model computed live at ``position``; ``tokens`` are the emitted ones."""
         for model, lanes in computed:
-            rec = self.backend.record_rows(model, lanes, tokens[lanes], self.k)
+            rec = self.session.record_rows(model, lanes, tokens[lanes], self.k)
             self.entropy[lanes, position, model] = rec.entropy
             self.token_logprob[lanes, position, model] = rec.token_logprob
             if self.k:
@@ -133,7 +130,7 @@ class LiveRecorder:
             if not todo:
                 continue
             todo_arr = np.asarray(todo, np.int64)
-            recs = self.backend.score(model, todo_arr, [tokens[i, : length[i]] for i in todo], self.k)
+            recs = self.session.score(model, todo_arr, [tokens[i, : length[i]] for i in todo], self.k)
             self.ledger.compute(todo_arr, np.full(len(todo), model), np.maximum(length[todo_arr] - 1, 0))
             for i, rec in zip(todo, recs, strict=True):
                 gap = np.isnan(self.entropy[i, : length[i], model])

@@ -29,7 +29,7 @@ from typing import Any
 import pluggy
 
 from ead_sdk import hookspecs
-from ead_sdk.errors import DuplicatePolicyError, PluginError, UnknownPolicyError
+from ead_sdk.errors import DuplicatePolicyError, PluginError, PluginWarning, UnknownPolicyError
 from ead_sdk.interface import Policy
 
 BUILTIN_DISTRIBUTION = "ead-sdk"
@@ -44,10 +44,6 @@ def _canonical(name: str) -> str:
 
 DISABLE_ENV = "EAD_SDK_DISABLE_PLUGINS"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
-
-
-class PluginWarning(UserWarning):
-    """A plugin was skipped because it failed to import, validate or register."""
 
 
 @dataclass(frozen=True)
@@ -216,15 +212,19 @@ class PolicyRegistry:
     def _register_callback(self, plugin: str, dist: str, dist_version: str | None) -> Callable[[type], None]:
         def register(cls: type) -> None:
             if not (inspect.isclass(cls) and issubclass(cls, Policy)):
-                raise PluginError(f"register() takes a Policy subclass, got {cls!r}")
+                raise PluginError(f"register() takes a Policy subclass, got {cls!r}", plugin=plugin)
             if inspect.isabstract(cls):
                 missing = sorted(getattr(cls, "__abstractmethods__", ()))
-                raise PluginError(f"{cls.__qualname__} does not implement {missing}")
+                raise PluginError(f"{cls.__qualname__} does not implement {missing}", plugin=plugin)
             pname = getattr(cls, "name", None)
             if not isinstance(pname, str) or not _NAME.match(pname):
-                raise PluginError(f"{cls.__qualname__}.name must be an identifier-like string, got {pname!r}")
+                raise PluginError(
+                    f"{cls.__qualname__}.name must be an identifier-like string, got {pname!r}", plugin=plugin
+                )
             if not isinstance(cls.version, int) or cls.version < 1:
-                raise PluginError(f"{cls.__qualname__}.version must be an integer >= 1, got {cls.version!r}")
+                raise PluginError(
+                    f"{cls.__qualname__}.version must be an integer >= 1, got {cls.version!r}", plugin=plugin
+                )
             if pname in self.policies:
                 first = self.policies[pname]
                 msg = (
@@ -269,7 +269,7 @@ class PolicyRegistry:
         """Raise `PluginError` listing every problem (strict mode for CI of a plugin package)."""
         if self.problems:
             cls = DuplicatePolicyError if all(p.stage == "duplicate" for p in self.problems) else PluginError
-            raise cls("; ".join(str(p) for p in self.problems))
+            raise cls("; ".join(str(p) for p in self.problems), plugin=[p.plugin for p in self.problems])
 
 
 def _group_entry_points() -> list[tuple[md.EntryPoint, str | None, str | None]]:
@@ -325,8 +325,8 @@ def reload_plugins() -> PolicyRegistry:
     return default_registry()
 
 
-def list_policies() -> dict[str, PolicyInfo]:
-    """Installed policies by name, each with its class, distribution and parameter schema."""
+def installed_policies() -> dict[str, PolicyInfo]:
+    """A dict of the installed policies by name, each with its class, distribution and parameter schema."""
     return dict(default_registry().policies)
 
 

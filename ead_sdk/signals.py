@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from ead_sdk.arrays import Array, namespace, to_numpy
+from ead_sdk.arrays import Array, floating, is_torch, namespace, to_numpy
 from ead_sdk.errors import SignalError
 
 Unit = Literal["nats", "bits"]
@@ -36,17 +36,6 @@ def from_nats(value: float | Array, unit: Unit) -> float | Array:
     return value * _scale(unit)
 
 
-def _floating(x: Array, xp) -> Array:
-    if xp.isdtype(x.dtype, "real floating"):
-        # Half precision loses too much in exp/log: compute those in float32.
-        # (Never compare a numpy dtype with None: numpy reads None as float64.)
-        half = [getattr(xp, n) for n in ("float16", "bfloat16") if hasattr(xp, n)]
-        if any(x.dtype == h for h in half):
-            return xp.astype(x, xp.float32)
-        return x
-    return xp.astype(x, xp.asarray(0.0).dtype)
-
-
 def _first_bad_row(bad: Array) -> int | tuple[int, ...] | None:
     """Index of the first True row of a boolean mask (host sync: validation only)."""
     import numpy as np
@@ -61,7 +50,7 @@ def _first_bad_row(bad: Array) -> int | tuple[int, ...] | None:
 def check_logits(logits: Array, what: str = "logits") -> None:
     """Raise `SignalError` naming the first row with NaN, +inf, or no finite entry at all."""
     xp = namespace(logits)
-    x = _floating(logits, xp)
+    x = floating(logits, xp)
     if x.ndim == 0 or x.shape[-1] == 0:
         raise SignalError(f"{what} must have a non-empty last (vocabulary) axis, got shape {tuple(x.shape)}")
     row = _first_bad_row(xp.any(xp.isnan(x), axis=-1))
@@ -92,9 +81,14 @@ def entropy(logits: Array, unit: Unit = "nats", *, validate: bool = True) -> Arr
     """
     scale = _scale(unit)
     xp = namespace(logits)
-    x = _floating(logits, xp)
+    x = floating(logits, xp)
     if validate:
         check_logits(x)
+    if is_torch(x):  # three fused kernels on the decode path; NaN and +inf rows give NaN alike
+        import torch
+
+        h = torch.special.entr(torch.softmax(x, -1)).sum(-1)
+        return h * scale if scale != 1.0 else h
     m = xp.max(x, axis=-1, keepdims=True)
     # A row spanning the whole float range overflows to -inf here, which is exact (p = 0 there).
     with np.errstate(over="ignore"):
@@ -134,7 +128,7 @@ def topk_entropy_bounds(top_logprobs: Array, vocab_size: int | None = None, unit
     """
     scale = _scale(unit)
     xp = namespace(top_logprobs)
-    lp = _floating(top_logprobs, xp)
+    lp = floating(top_logprobs, xp)
     k = lp.shape[-1]
     if xp.any(xp.isnan(lp)) or xp.any(lp > 1e-6):
         raise SignalError("top_logprobs must be log-probabilities (<= 0, no NaN)")

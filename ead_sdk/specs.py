@@ -157,3 +157,13 @@ def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def as_policy(policy: Policy | Mapping[str, Any] | str | os.PathLike[str]) -> Policy:
+    """The policy a spec, a name or a spec file builds; a policy object is returned as it is.
+
+    A policy object is used as given, registered or not; only a spec goes through the registry.
+    """
+    if isinstance(policy, (Mapping, str, os.PathLike)):
+        return load_policy(policy)
+    return policy  # a Policy, or an object that quacks like one (checked where it is used)

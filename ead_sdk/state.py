@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ead_sdk.arrays import Array, device_of, is_torch, namespace, to_numpy
-from ead_sdk.errors import EadError
+from ead_sdk.errors import StateError
 from ead_sdk.interface import State
 
 
@@ -19,16 +19,16 @@ def lane_count(state: State) -> int:
     """The number of lanes in ``state`` (all arrays must agree)."""
     sizes = {int(v.shape[0]) for v in state.values()}
     if len(sizes) > 1:
-        raise EadError(f"state arrays disagree on the lane count: {sorted(sizes)}")
+        raise StateError(f"state arrays disagree on the lane count: {sorted(sizes)}")
     if not sizes:
-        raise EadError("an empty state has no lane count")
+        raise StateError("an empty state has no lane count")
     return sizes.pop()
 
 
 def mask_state(live: Array, new: State, old: State) -> State:
     """Take ``new`` where ``live`` is true and ``old`` elsewhere, lane by lane."""
     if new.keys() != old.keys():
-        raise EadError(f"states have different keys: {sorted(new)} vs {sorted(old)}")
+        raise StateError(f"states have different keys: {sorted(new)} vs {sorted(old)}")
     out: State = {}
     for key, value in new.items():
         xp = namespace(value)
@@ -53,11 +53,11 @@ def select_lanes(state: State, lanes: Array | Sequence[int]) -> State:
 def concat_states(states: Sequence[State]) -> State:
     """Lanes of several states of the same policy, one after another."""
     if not states:
-        raise EadError("concat_states needs at least one state")
+        raise StateError("concat_states needs at least one state")
     keys = states[0].keys()
     for s in states[1:]:
         if s.keys() != keys:
-            raise EadError(f"states have different keys: {sorted(keys)} vs {sorted(s)}")
+            raise StateError(f"states have different keys: {sorted(keys)} vs {sorted(s)}")
     out: State = {}
     for key in keys:
         xp = namespace(states[0][key])

@@ -7,7 +7,7 @@ a third-party plugin does. Import the classes from here for type checks or subcl
 
 from __future__ import annotations
 
-from ead_sdk.policies._common import MissingStepFieldError
+from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.policies.confidence import ConfidencePolicy
 from ead_sdk.policies.cost_budget import CostBudgetPolicy
 from ead_sdk.policies.fixed import FixedPolicy

@@ -7,14 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.arrays import Array, to_numpy
-from ead_sdk.errors import EadError
-from ead_sdk.interface import RETRYING, State, Step
+from ead_sdk.arrays import Array, logsumexp, to_numpy
+from ead_sdk.errors import MissingStepFieldError
+from ead_sdk.escalation import rule
+from ead_sdk.interface import State, Step
 from ead_sdk.params import is_lane_array
-
-
-class MissingStepFieldError(EadError, ValueError):
-    """A policy needs a `Step` field (``logprobs``, ``future``) that the caller left empty."""
 
 
 def require_logprobs(step: Step, policy: str) -> Array:
@@ -35,9 +32,7 @@ def normalised_logprobs(step: Step, logprobs: Array, xp: Any) -> Array:
     """
     if step.token_ids is not None:
         return logprobs
-    m = xp.max(logprobs, axis=-1, keepdims=True)
-    lse = m + xp.log(xp.sum(xp.exp(logprobs - m), axis=-1, keepdims=True))
-    return logprobs - lse
+    return logprobs - logsumexp(logprobs, xp)
 
 
 MAX_WINDOW = 4096
@@ -147,9 +142,10 @@ def route_with_dwell(
     if "dwell" not in state:
         return xp.where(live, target, model)
     run = xp.astype(model == state["current"], state["dwell"].dtype) * state["dwell"]  # emitted just before
-    retrying = escalation in RETRYING
+    rules = rule(escalation)
+    retrying = rules.retries
     if retrying:
-        retried = target > model
+        retried = rules.retried(target, model)
         stretch = xp.where(retried, run, run + 1)  # the stretch a switch here would end
     else:
         stretch = run + 1
@@ -158,7 +154,7 @@ def route_with_dwell(
     emitter, dwell = model, run + 1
     if retrying:
         taken = retried & ~stay  # this token is re-emitted by the larger model, its first
-        emitter = xp.where(taken, routes, model)
+        emitter = xp.where(taken, rules.emitter(routes, model, xp), model)
         dwell = xp.where(taken, xp.ones_like(dwell), dwell)
     new["current"] = xp.where(live, emitter, state["current"])
     new["dwell"] = xp.where(live, dwell, state["dwell"])

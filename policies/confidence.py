@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import normalised_logprobs, require_logprobs
-
 from ead_sdk.arrays import as_namespace, namespace
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param
+from ead_sdk.policies._common import normalised_logprobs, require_logprobs
 from ead_sdk.state import mask_state
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.arrays import as_namespace, default_float, namespace
+from ead_sdk.arrays import Array, as_namespace, default_float, namespace
 from ead_sdk.errors import ParameterError
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
@@ -68,7 +68,7 @@ class CostBudgetPolicy(Policy):
         self.inner: Policy | None = None
         super().__init__(**kwargs)
 
-    def validate(self) -> None:
+    def configure(self) -> None:
         p = self.params
         if self.initial_model != 0:
             raise ParameterError("policy 'cost_budget': lanes must start on model 0 for the budget to hold")
@@ -117,7 +117,6 @@ class CostBudgetPolicy(Policy):
             "rate": to_nats(p["rate"], unit),
             "small_weight": small_weight,
             "threshold": to_nats(p["threshold"], unit),
-            "tokens": xp.zeros((n,), dtype=xp.int64, **kw),
             "large": xp.zeros((n,), dtype=xp.int64, **kw),
             "weight": xp.zeros((n,), dtype=fdt, **kw),
         }
@@ -142,26 +141,23 @@ class CostBudgetPolicy(Policy):
 
         large, weight = state["large"], state["weight"]
         budget, burst = state["budget"], state["burst"]
-        on_large = model >= 1
-        if self.escalation == "next":
-            # This token's model is settled; a switch makes the next token large.
-            large = large + xp.astype(on_large, xp.int64)
-            weight = weight + xp.where(on_large, xp.ones_like(weight), state["small_weight"])
-            fits = xp.astype(large + 1, weight.dtype) <= budget * (weight + 1) + burst
-        elif self.escalation == "retry":
-            # A switch makes both this (retried) token and the next one large.
-            fits = xp.astype(large + 2, weight.dtype) <= budget * (weight + 2) + burst
-        else:
-            # retry_token: a switch makes only this (retried) token large.
-            fits = xp.astype(large + 1, weight.dtype) <= budget * (weight + 1) + burst
+        escalation = self.escalation_rule
+        if not escalation.retries:  # this token's model is settled: count it before the cap
+            large, weight = _count(large, weight, model >= 1, state["small_weight"], xp)
+        ahead = escalation.switch_tokens  # large tokens a granted switch adds, this one included under retries
+        fits = xp.astype(large + ahead, weight.dtype) <= budget * (weight + ahead) + burst
         granted = proposal & fits if self.params["mode"] == "hard" else proposal
-        if self.escalation != "next":
-            emitted_large = on_large | granted
-            large = large + xp.astype(emitted_large, xp.int64)
-            weight = weight + xp.where(emitted_large, xp.ones_like(weight), state["small_weight"])
-        new.update(tokens=state["tokens"] + 1, large=large, weight=weight)
         routes = xp.astype(granted, xp.int64)
+        if escalation.retries:  # this token is emitted by the model the rule names
+            large, weight = _count(large, weight, escalation.emitter(routes, model, xp) >= 1, state["small_weight"], xp)
+        new.update(large=large, weight=weight)
         return xp.where(step.live, routes, model), mask_state(step.live, new, state)
+
+
+def _count(large: Array, weight: Array, on_large: Array, small_weight: Array, xp: Any) -> tuple[Array, Array]:
+    """Add one emitted token to the large count and to the cost weight (large tokens weigh 1)."""
+    large = large + xp.astype(on_large, xp.int64)
+    return large, weight + xp.where(on_large, xp.ones_like(weight), small_weight)
 
 
 @hookimpl

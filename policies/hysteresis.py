@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
+from ead_sdk.errors import ParameterError
+from ead_sdk.hookspecs import hookimpl
+from ead_sdk.interface import Policy, Routes, State, Step
+from ead_sdk.params import Param
 from ead_sdk.policies._common import (
     MAX_WINDOW,
     dwell_state,
@@ -14,12 +20,6 @@ from ead_sdk.policies._common import (
     window_state,
     window_value,
 )
-
-from ead_sdk.arrays import as_namespace, default_float, namespace, to_numpy
-from ead_sdk.errors import ParameterError
-from ead_sdk.hookspecs import hookimpl
-from ead_sdk.interface import Policy, Routes, State, Step
-from ead_sdk.params import Param
 from ead_sdk.signals import to_nats
 
 
@@ -54,7 +54,7 @@ class HysteresisPolicy(Policy):
         Param("unit", "str", default="bits", choices=("bits", "nats"), lane=False, doc="unit of `upper` and `lower`"),
     )
 
-    def validate(self) -> None:
+    def configure(self) -> None:
         upper = np.asarray(to_numpy(self.params["upper"]), dtype=float)
         lower = np.asarray(to_numpy(self.params["lower"]), dtype=float)
         if np.any(np.broadcast_to(upper, np.broadcast_shapes(upper.shape, lower.shape)) <= lower):

@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ead_sdk.arrays import as_namespace, default_float, device_of, logsumexp, namespace
+from ead_sdk.hookspecs import hookimpl
+from ead_sdk.interface import Policy, Routes, State, Step
+from ead_sdk.params import Param, is_lane_array
 from ead_sdk.policies._common import (
     MissingStepFieldError,
     push_window,
@@ -13,12 +18,7 @@ from ead_sdk.policies._common import (
     window_state,
     window_value,
 )
-from ead_sdk.policies.top_h import _largest, _logsumexp
-
-from ead_sdk.arrays import as_namespace, default_float, device_of, namespace
-from ead_sdk.hookspecs import hookimpl
-from ead_sdk.interface import RETRYING, Policy, Routes, State, Step
-from ead_sdk.params import Param, is_lane_array
+from ead_sdk.policies.top_h import _largest
 from ead_sdk.router.features import feature_matrix
 from ead_sdk.router.network import RouterNetwork, network_from_json, resolve_weights_path
 
@@ -110,7 +110,7 @@ class LearnedPolicy(Policy):
         if step.token_ids is not None:  # a top-k of log-probabilities already
             return logprobs[:, :k]
         # A full row, maybe raw logits: the k largest first, then one fused normalisation pass.
-        return _largest(logprobs, k, xp) - _logsumexp(logprobs, xp)
+        return _largest(logprobs, k, xp) - logsumexp(logprobs, xp)
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         xp = namespace(state["cut"])
@@ -141,7 +141,7 @@ class LearnedPolicy(Policy):
         model = xp.astype(step.model, xp.int64)
         routes = xp.where(live, xp.astype(z > state["cut"], xp.int64), model)
         if "routes" in spec.names:
-            emitted = xp.maximum(routes, model) if self.escalation in RETRYING else model
+            emitted = self.escalation_rule.emitter(routes, model, xp)
             large = xp.astype(emitted == 1, dtype)
             h, s, f, tot, _ = push_window(
                 state["r_history"], state["r_slot"], state["r_fill"], state["r_total"], state["window"], large, live, xp

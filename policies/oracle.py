@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import MissingStepFieldError
-
-from ead_sdk.arrays import as_namespace, namespace
+from ead_sdk.arrays import namespace
+from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
-from ead_sdk.state import mask_state
 
 
 class OraclePolicy(Policy):
@@ -27,9 +25,7 @@ class OraclePolicy(Policy):
     parameters = ()
 
     def init_state(self, n: int, xp: Any, device: Any = None) -> State:
-        xp = as_namespace(xp)
-        kw = {"device": device} if device is not None else {}
-        return {"escalations": xp.zeros((n,), dtype=xp.int64, **kw)}
+        return {}  # the look-ahead says everything: nothing to remember
 
     def decide(self, state: State, step: Step) -> tuple[Routes, State]:
         if step.future is None or "disagree" not in step.future:
@@ -37,11 +33,10 @@ class OraclePolicy(Policy):
                 "policy 'oracle' is replay-only: it needs Step.future['disagree'] (the models' top "
                 "tokens differ at the next position), which only a trace replay provides"
             )
-        xp = namespace(state["escalations"])
+        xp = namespace(step.entropy)
         routes = xp.astype(step.future["disagree"], xp.int64)
         model = xp.astype(step.model, xp.int64)
-        new = {"escalations": state["escalations"] + routes}
-        return xp.where(step.live, routes, model), mask_state(step.live, new, state)
+        return xp.where(step.live, routes, model), state
 
 
 @hookimpl

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk.policies._common import MAX_WINDOW, dwell_state, push_window, route_with_dwell, window_state, window_value
-
 from ead_sdk.arrays import as_namespace, default_float, namespace
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
+from ead_sdk.policies._common import MAX_WINDOW, dwell_state, push_window, route_with_dwell, window_state, window_value
 from ead_sdk.signals import to_nats
 
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ead_sdk.policies._common import require_logprobs
 
-from ead_sdk.arrays import Array, as_namespace, is_torch, namespace, to_numpy
+from ead_sdk.arrays import Array, as_namespace, floating, is_torch, logsumexp, namespace, to_numpy
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
+from ead_sdk.policies._common import require_logprobs
 from ead_sdk.state import mask_state
 
 VARIANTS = ("reference", "transformers")
@@ -57,24 +57,6 @@ def _largest(x: Array, n: int, xp: Any) -> Array:
         part = np.partition(x, v - n, axis=-1)[..., v - n :]
         return np.flip(np.sort(part, axis=-1), axis=-1)
     return xp.sort(x, axis=-1, descending=True)[..., :n]
-
-
-def _logsumexp(x: Array, xp: Any) -> Array:
-    """``log(sum(exp(x)))`` over the last axis, kept as an axis (torch's fused kernel when it can)."""
-    if is_torch(x):
-        import torch
-
-        return torch.logsumexp(x, dim=-1, keepdim=True)
-    m = xp.max(x, axis=-1, keepdims=True)
-    return m + xp.log(xp.sum(xp.exp(x - m), axis=-1, keepdims=True))
-
-
-def _floating(x: Array, xp: Any) -> Array:
-    # Never compare a numpy dtype with None: numpy reads None as float64.
-    half = [getattr(xp, name) for name in ("float16", "bfloat16") if hasattr(xp, name)]
-    if any(x.dtype == h for h in half):
-        return xp.astype(x, xp.float32)
-    return x
 
 
 def top_h_kept(
@@ -105,12 +87,12 @@ def top_h_kept(
     if variant not in VARIANTS:
         raise ValueError(f"top_h variant must be one of {list(VARIANTS)}, got {variant!r}")
     xp = namespace(scores)
-    x = _floating(scores, xp)
+    x = floating(scores, xp)
     if max_top_n is None:
         max_top_n = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
     top = _largest(x, min(max_top_n, x.shape[-1]), xp)
     if not normalised:
-        top = top - _logsumexp(x, xp)
+        top = top - logsumexp(x, xp)
     width = top.shape[-1]
     p = xp.exp(top)
     valid = p > 0
@@ -164,7 +146,7 @@ class TopHPolicy(Policy):
         ),
     )
 
-    def validate(self) -> None:
+    def configure(self) -> None:
         top_n = self.params["top_n"]
         self._max_top_n = int(to_numpy(top_n).max()) if is_lane_array(top_n) else int(top_n)
 

@@ -7,25 +7,26 @@ fixed path: it says which model would have emitted each token and at what cost.
 from __future__ import annotations
 
 from ead_sdk.simulators.calibrate import CalibrationResult, calibrate
-from ead_sdk.simulators.ledger import fill_ledger, fill_ledger_stepwise
+from ead_sdk.simulators.engines import LocalEngine, RayEngine
+from ead_sdk.simulators.ledger import fill_ledger
 from ead_sdk.simulators.metrics import aggregate, lane_metrics, pgr, routellm_summary
 from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
 from ead_sdk.simulators.sweep import SweepResult, expand_grid, pareto_frontier, sweep, sweep_totals
 from ead_sdk.simulators.synthetic import synthetic_traces
-from ead_sdk.simulators.totals import ReplayTotals, Totals
+from ead_sdk.simulators.totals import Totals
 
 __all__ = [
     "CalibrationResult",
+    "LocalEngine",
+    "RayEngine",
     "ReplayData",
     "ReplayResult",
-    "ReplayTotals",
     "SweepResult",
     "Totals",
     "aggregate",
     "calibrate",
     "expand_grid",
     "fill_ledger",
-    "fill_ledger_stepwise",
     "lane_metrics",
     "pareto_frontier",
     "pgr",

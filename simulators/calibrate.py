@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ead_sdk.simulators.replay import ReplayData, replay
-from ead_sdk.simulators.sweep import MEMORY_BUDGET, estimate_sweep_bytes, lane_policy
 
 from ead_sdk.cost import CostModel, CostReport
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Policy
+from ead_sdk.simulators.engines import Engine, LocalEngine, RayEngine, as_engine
+from ead_sdk.simulators.replay import ReplayData, replay
+from ead_sdk.simulators.sweep import MEMORY_BUDGET, estimate_sweep_bytes, lane_policy
+from ead_sdk.specs import as_policy
 from ead_sdk.traces.reader import read_meta
 from ead_sdk.traces.traceset import TraceSet
 
@@ -266,37 +268,38 @@ def _open_upper(probe: _Probe, lo: float, label: str) -> float:
     )
 
 
-def _local_runner(data: ReplayData, policy: Policy, options: dict[str, Any], metric: str, cost_model, parameter):
+def _local_runner(data: ReplayData, policy: Policy, metric: str, cost_model, parameter, engine: LocalEngine):
     """Replays configurations as lane tiles of one in-memory run, within the sweep memory budget."""
     n = data.num_sequences
 
     def run(configs: list[dict[str, Any]]) -> np.ndarray:
-        need = estimate_sweep_bytes(data, policy.name, configs, **options)
+        need = estimate_sweep_bytes(data, policy, configs)
         if need > MEMORY_BUDGET:
             raise ParameterError(
                 f"calibrating {parameter!r} replays {len(configs)} values x {n:,} sequences at once, about "
                 f"{need / 2**30:.3g} GiB (budget {MEMORY_BUDGET / 2**30:.3g} GiB): pass fewer points, "
-                "narrower bounds or engine='ray'"
+                "narrower bounds or a RayEngine"
             )
-        pol = lane_policy(policy.name, configs, n, **options)
-        result = replay(data, pol, cost_model=cost_model, lane_sequence=np.tile(np.arange(n), len(configs)))
+        pol = lane_policy(policy, configs, n)
+        seq = np.tile(np.arange(n), len(configs))
+        result = replay(data, pol, cost_model=cost_model, lane_sequence=seq, engine=engine)
         return np.array([_metric(result, metric, np.arange(j * n, (j + 1) * n)) for j in range(len(configs))])
 
     return run, n
 
 
-def _ray_runner(calib, policy: Policy, options: dict[str, Any], metric: str, cost_model, address, batch_rows):
+def _ray_runner(calib, policy: Policy, metric: str, cost_model, engine: RayEngine):
     """Replays configurations as one Ray Data pass over the calibration split each."""
     from ead_sdk.simulators.ray_engine import connect, ray_sweep_totals, trace_dataset
     from ead_sdk.simulators.sweep import replay_columns
 
-    connect(address)
+    connect(engine.address)
     meta = calib.meta if isinstance(calib, TraceSet) else read_meta(calib)
     dataset = trace_dataset(calib, replay_columns(meta, True))
     costs = cost_model or meta.cost_model()
 
     def run(configs: list[dict[str, Any]]) -> np.ndarray:
-        totals = ray_sweep_totals(*dataset, policy.name, configs, **options, cost_model=costs, batch_rows=batch_rows)
+        totals = ray_sweep_totals(*dataset, policy, configs, cost_model=costs, batch_rows=engine.batch_rows)
         return np.array([_report_metric(t.report(costs), metric) for t in totals])
 
     return run, dataset[2]
@@ -337,7 +340,7 @@ def _split(traces: Any, held_out: float, seed: int) -> tuple[Any, Any]:
 
 def calibrate(
     traces: TraceSet | str | os.PathLike[str],
-    policy: Policy,
+    policy: Policy | Mapping[str, Any] | str,
     parameter: str,
     *,
     target_large_share: float | None = None,
@@ -348,16 +351,14 @@ def calibrate(
     points: int = 16,
     rounds: int = 4,
     cost_model: CostModel | None = None,
-    engine: str = "local",
-    address: str | None = None,
-    batch_rows: int = 1024,
+    engine: Engine | None = None,
 ) -> CalibrationResult:
     """Pick ``parameter`` of ``policy`` so that replay on a calibration split hits the target.
 
     Args:
         traces: the trace; a random ``held_out`` share of its sequences is kept for checking.
-        policy: the policy to calibrate (its other parameters, escalation and initial model
-            are kept).
+        policy: the policy to calibrate, an object (registered or not) or a spec (its other
+            parameters, escalation and initial model are kept).
         parameter: a numeric parameter (a threshold, a window, a dwell); the metric need not be
             monotone in it.
         target_large_share: the wanted share of tokens from the largest model, or
@@ -370,11 +371,9 @@ def calibrate(
         rounds: rounds spent looking for a bracket of the target where the metric changes, and
             again narrowing it (integer parameters stop once the bracket is adjacent).
         cost_model: per-model costs (default: the trace's parameter counts).
-        engine: ``"local"`` or ``"ray"`` (each round one Ray Data pass over the calibration
-            split; identical results). With ``"ray"``, ``traces`` may also be the path of a
-            Parquet dataset when ``held_out=0``.
-        address: the Ray cluster to join (``engine="ray"``).
-        batch_rows: sequences per Ray batch (``engine="ray"``).
+        engine: `LocalEngine` (default) or `RayEngine` (each round one Ray Data pass over the
+            calibration split; identical results). With a `RayEngine`, ``traces`` may also be the
+            path of a Parquet dataset when ``held_out=0``.
 
     Returns:
         A `CalibrationResult`.
@@ -384,20 +383,20 @@ def calibrate(
             ``held_out`` outside [0, 1), a parameter with choices), or a target outside the range
             the metric reached over the values replayed (the message gives that range).
     """
-    if engine not in ("local", "ray"):
-        raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
-    if not isinstance(traces, TraceSet) and (engine == "local" or held_out > 0):
-        raise ParameterError("calibrate splits a TraceSet in memory; a dataset path needs engine='ray' and held_out=0")
+    engine = as_engine(engine)
+    policy = as_policy(policy)
+    if not isinstance(traces, TraceSet) and (isinstance(engine, LocalEngine) or held_out > 0):
+        raise ParameterError("calibrate splits a TraceSet in memory; a dataset path needs a RayEngine and held_out=0")
     metric, target = _target(target_large_share, target_cost_ratio)
     _check_request(metric, target, held_out, bounds, points, rounds)
     decl = _numeric_parameter(policy, parameter)
     held, calib = _split(traces, held_out, seed)
     base = {k: v for k, v in policy.params.items() if k != parameter}
     options = {"escalation": policy.escalation, "initial_model": policy.initial_model}
-    if engine == "ray":
-        run, n = _ray_runner(calib, policy, options, metric, cost_model, address, batch_rows)
+    if isinstance(engine, RayEngine):
+        run, n = _ray_runner(calib, policy, metric, cost_model, engine)
     else:
-        run, n = _local_runner(ReplayData.from_traces(calib), policy, options, metric, cost_model, parameter)
+        run, n = _local_runner(ReplayData.from_traces(calib), policy, metric, cost_model, parameter, engine)
     evaluations = 0
 
     def counted(configs: list[dict[str, Any]]) -> np.ndarray:
@@ -416,7 +415,7 @@ def calibrate(
     chosen = type(policy)(**options, **{**dict(policy.params), parameter: value})
     held_metric = float("nan")
     if held is not None and len(held):
-        held_result = replay(held, chosen, cost_model=cost_model, engine=engine, address=address, batch_rows=batch_rows)
+        held_result = replay(held, chosen, cost_model=cost_model, engine=engine)
         held_metric = _report_metric(held_result.report(), metric)
     return CalibrationResult(
         parameter=parameter,

@@ -23,22 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from ead_sdk.simulators.totals import ReplayTotals, Totals, error_table, merge_table, totals_table
 
 from ead_sdk.cost import CostModel
-from ead_sdk.errors import EadError, ParameterError, TraceError
+from ead_sdk.errors import EadError, ParameterError, RayUnavailableError, TraceError
 from ead_sdk.interface import Policy
+from ead_sdk.simulators.ray_wire import error_table, merge_table, totals_table
+from ead_sdk.simulators.totals import Totals
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 
 if TYPE_CHECKING:
+    from ead_sdk.simulators.replay import ReplayResult
     from ead_sdk.simulators.sweep import Progress, SweepResult
 
 Source = TraceSet | str | os.PathLike[str]
-
-
-class RayUnavailableError(EadError, ImportError):
-    """``engine="ray"`` was asked for but Ray Data is not installed."""
 
 
 def connect(address: str | None = None) -> ModuleType:
@@ -52,7 +50,7 @@ def connect(address: str | None = None) -> ModuleType:
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise RayUnavailableError(f"engine='ray' needs Ray Data: pip install 'ead-sdk[ray]' ({exc})") from None
+        raise RayUnavailableError(f"RayEngine needs Ray Data: pip install 'ead-sdk[ray]' ({exc})") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     return ray
@@ -76,7 +74,7 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
         table = source.table if columns is None else source.table.select(list(columns))
         return ray.data.from_arrow(table), source.meta, len(source)
     if not isinstance(source, (str, os.PathLike)):
-        raise TraceError(f"engine='ray' reads a Parquet trace path or a TraceSet, got {type(source).__name__}")
+        raise TraceError(f"RayEngine reads a Parquet trace path or a TraceSet, got {type(source).__name__}")
     import pyarrow.parquet as pq
 
     from ead_sdk.traces.reader import _dataset_files, detect_format, read_meta
@@ -85,7 +83,7 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
     fmt = detect_format(path)
     if fmt not in ("parquet", "parquet-dataset"):
         raise TraceError(
-            f"{path}: engine='ray' reads Parquet; turn the {fmt} into a dataset first (ead_sdk.traces.compact)"
+            f"{path}: RayEngine reads Parquet; turn the {fmt} into a dataset first (ead_sdk.traces.compact)"
         )
     meta = read_meta(path)
     files = _dataset_files(path) if fmt == "parquet-dataset" else [path]
@@ -115,18 +113,18 @@ def sweep_batch(
     table: pa.Table,
     *,
     meta_json: str,
-    policy_name: str,
+    spec_json: str,
     configs_json: str,
-    escalation: str,
-    initial_model: int,
     cost_json: str,
     with_topk: bool,
     max_lanes: int,
     source: str = "<ray batch>",
 ) -> pa.Table:
     """Worker side of a sweep: the `Totals` of every configuration on one batch of sequences."""
+    from ead_sdk.simulators.engines import LocalEngine
     from ead_sdk.simulators.replay import ReplayData
     from ead_sdk.simulators.sweep import sweep_totals
+    from ead_sdk.specs import load_policy
 
     try:
         meta = TraceMeta.from_json(meta_json, source=source)
@@ -134,14 +132,12 @@ def sweep_batch(
         data = ReplayData.from_traces(_checked(meta, table, source), with_topk=with_topk)
         totals = sweep_totals(
             data,
-            policy_name,
+            load_policy(json.loads(spec_json)),
             configs,
-            escalation=escalation,
-            initial_model=initial_model,
             cost_model=_cost_from_json(cost_json),
             with_topk=with_topk,
             max_lanes=max_lanes,
-            threads=1,  # a Ray worker holds one CPU: its parallelism is Ray's
+            engine=LocalEngine(threads=1),  # a Ray worker holds one CPU: its parallelism is Ray's
         )
     except EadError as exc:  # reported to the driver as data, raised there as its own class
         return error_table(exc)
@@ -152,8 +148,8 @@ def replay_batch(
     table: pa.Table, *, meta_json: str, spec_json: str, cost_json: str, with_topk: bool, source: str = "<ray batch>"
 ) -> pa.Table:
     """Worker side of a replay: the `Totals` of one policy (built from its spec) on one batch."""
+    from ead_sdk.simulators.engines import LocalEngine
     from ead_sdk.simulators.replay import ReplayData, replay
-
     from ead_sdk.specs import load_policy
 
     try:
@@ -163,7 +159,8 @@ def replay_batch(
             return totals_table([Totals(meta.num_models)], [0])
         policy = load_policy(json.loads(spec_json))
         # A Ray worker holds one CPU: its parallelism is Ray's, not threads.
-        result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk, threads=1)
+        engine = LocalEngine(threads=1)
+        result = replay(data, policy, cost_model=_cost_from_json(cost_json), with_topk=with_topk, engine=engine)
     except EadError as exc:  # reported to the driver as data, raised there as its own class
         return error_table(exc)
     return totals_table([Totals.of_lanes(result)], [0])
@@ -200,11 +197,9 @@ def ray_sweep_totals(
     ds,
     meta: TraceMeta,
     rows: int,
-    policy_name: str,
+    base: Policy,
     configs: list[dict[str, Any]],
     *,
-    escalation: str = "next",
-    initial_model: int = 0,
     cost_model: CostModel,
     with_topk: bool = True,
     batch_rows: int = 1024,
@@ -212,13 +207,14 @@ def ray_sweep_totals(
     progress: Progress | None = None,
     source: str = "<ray dataset>",
 ) -> list[Totals]:
-    """The merged `Totals` of every configuration over a Ray dataset of trace rows."""
+    """The merged `Totals` of every configuration of ``base`` over a Ray dataset of trace rows.
+
+    ``base`` travels as its spec and is rebuilt on each worker from the plugins installed there.
+    """
     kwargs = {
         "meta_json": meta.to_json(),
-        "policy_name": policy_name,
+        "spec_json": json.dumps(_scalar_spec(base)),
         "configs_json": json.dumps(configs, default=_json_value),
-        "escalation": escalation,
-        "initial_model": int(initial_model),
         "cost_json": _cost_json(cost_model),
         "with_topk": bool(with_topk),
         "max_lanes": int(max_lanes),
@@ -230,11 +226,9 @@ def ray_sweep_totals(
 
 def ray_sweep(
     source: Source,
-    policy_name: str,
+    base: Policy,
     configs: list[dict[str, Any]],
     *,
-    escalation: str = "next",
-    initial_model: int = 0,
     cost_model: CostModel | None = None,
     with_topk: bool = True,
     quality: str = "agreement",
@@ -245,20 +239,18 @@ def ray_sweep(
     """`ead_sdk.simulators.sweep` on Ray Data (see it for the arguments); identical figures."""
     from ead_sdk.simulators.sweep import check_grid, replay_columns, result_from_totals
 
-    check_grid(policy_name, configs, escalation, initial_model)
+    check_grid(base, configs)
     connect(address)
     meta = source.meta if isinstance(source, TraceSet) else _meta_of(source)
     ds, meta, rows = trace_dataset(source, replay_columns(meta, with_topk))
     cost_model = cost_model or meta.cost_model()
-    _check_costs(cost_model, meta)
+    cost_model.check_models(meta.num_models, "the trace")
     totals = ray_sweep_totals(
         ds,
         meta,
         rows,
-        policy_name,
+        base,
         configs,
-        escalation=escalation,
-        initial_model=initial_model,
         cost_model=cost_model,
         with_topk=with_topk,
         batch_rows=batch_rows,
@@ -266,6 +258,19 @@ def ray_sweep(
         source=_name(source),
     )
     return result_from_totals(configs, totals, cost_model, quality)
+
+
+def _scalar_spec(policy: Policy) -> dict[str, Any]:
+    """The spec a worker rebuilds ``policy`` from; per-lane parameters cannot travel in one."""
+    from ead_sdk.params import is_lane_array
+
+    for name, value in policy.params.items():
+        if is_lane_array(value):
+            raise ParameterError(
+                f"policy {policy.name!r}: parameter {name!r} is per-lane; a RayEngine replays scalar "
+                "parameters (use sweep for a grid)"
+            )
+    return policy.spec()
 
 
 def ray_replay(
@@ -278,23 +283,16 @@ def ray_replay(
     batch_rows: int = 1024,
     progress: Progress | None = None,
     dataset: tuple[Any, TraceMeta, int] | None = None,
-) -> ReplayTotals:
+) -> ReplayResult:
     """`ead_sdk.simulators.replay` on Ray Data: the summed figures, equal to the local ones.
 
     The policy travels as its JSON spec and is rebuilt on each worker, so its parameters must be
     scalars (per-lane arrays belong to a sweep) and its plugin installed on every worker.
     """
+    from ead_sdk.simulators.replay import ReplayResult
     from ead_sdk.simulators.sweep import replay_columns
 
-    from ead_sdk.params import is_lane_array
-
-    for name, value in policy.params.items():
-        if is_lane_array(value):
-            raise ParameterError(
-                f"policy {policy.name!r}: parameter {name!r} is per-lane; engine='ray' replays scalar "
-                "parameters (use sweep for a grid)"
-            )
-    spec = policy.spec()
+    spec = _scalar_spec(policy)
     connect(address)
     if dataset is None:
         meta = source.meta if isinstance(source, TraceSet) else _meta_of(source)
@@ -302,7 +300,7 @@ def ray_replay(
     ds, meta, rows = dataset
     policy.check_models(meta.num_models)
     cost_model = cost_model or meta.cost_model()
-    _check_costs(cost_model, meta)
+    cost_model.check_models(meta.num_models, "the trace")
     kwargs = {
         "meta_json": meta.to_json(),
         "spec_json": json.dumps(spec),
@@ -311,7 +309,12 @@ def ray_replay(
         "source": _name(source),
     }
     totals = _run(ds, replay_batch, kwargs, 1, rows, batch_rows, progress)
-    return ReplayTotals(spec, cost_model, totals[0] if totals else Totals(meta.num_models))
+    return ReplayResult(
+        cost_model=cost_model,
+        policy_spec=spec,
+        num_models=meta.num_models,
+        totals=totals[0] if totals else Totals(meta.num_models),
+    )
 
 
 def _name(source: Source | Any) -> str:
@@ -320,15 +323,10 @@ def _name(source: Source | Any) -> str:
 
 def _meta_of(source: Source | Any) -> TraceMeta:
     if not isinstance(source, (str, os.PathLike)):
-        raise TraceError(f"engine='ray' reads a Parquet trace path or a TraceSet, got {type(source).__name__}")
+        raise TraceError(f"RayEngine reads a Parquet trace path or a TraceSet, got {type(source).__name__}")
     from ead_sdk.traces.reader import read_meta
 
     return read_meta(source)
-
-
-def _check_costs(cost_model: CostModel, meta: TraceMeta) -> None:
-    if cost_model.num_models != meta.num_models:
-        raise EadError(f"cost model has {cost_model.num_models} models, the trace has {meta.num_models}")
 
 
 __all__ = [

@@ -5,34 +5,35 @@ trajectory, so replay is a counterfactual on that path. The emitted token is alw
 trajectory's token, whichever model the policy picks; what replay measures is which model
 would have emitted each token, and what that would have cost.
 
-The step order is DESIGN.md's "One decode step": at generated position ``t`` a lane on model
-``m`` shows the policy ``entropy[t, m]`` (and that distribution's top-k), gets the route ``r``
-of position ``t + 1``; with escalation ``"retry"`` and ``r > m`` model ``r`` also computes
-position ``t`` and emits it (model ``m``'s forward is paid and wasted). Costs are counted by
+The step order is the live decoder's (`ead_sdk.decode`): at generated position ``t`` a lane on
+model ``m`` shows the policy ``entropy[t, m]`` (and that distribution's top-k) and gets the
+route ``r`` of position ``t + 1``; who then emits position ``t`` and which model computes the
+next one is `ead_sdk.escalation`'s rule (a retried token's first forward is paid and wasted). Costs are counted by
 `ead_sdk.cost.CostLedger` under the live decoder's convention.
 """
 
 from __future__ import annotations
 
-import numbers
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from ead_sdk.simulators.ledger import fill_ledger
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.decision import decide_checked, init_checked
-from ead_sdk.errors import EadError, ModelCountError, TraceError
-from ead_sdk.interface import RETRYING, Policy, Step
+from ead_sdk.errors import EngineError, ModelCountError, RouteError, TraceError
+from ead_sdk.escalation import rule
+from ead_sdk.interface import Policy, Step
+from ead_sdk.simulators.engines import Engine, RayEngine, as_engine
+from ead_sdk.simulators.ledger import fill_ledger
+from ead_sdk.simulators.totals import Totals
+from ead_sdk.specs import as_policy
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
-
-if TYPE_CHECKING:
-    from ead_sdk.simulators.totals import ReplayTotals
 
 
 @dataclass(frozen=True)
@@ -99,47 +100,71 @@ class ReplayData:
 
 @dataclass
 class ReplayResult:
-    """What a replay did, lane by lane.
+    """What a replay did: its figures, and lane by lane where the engine keeps them.
+
+    `report` and `summary` give the same figures whichever engine ran. The local engine also
+    keeps every lane's routes and ledger; `RayEngine` keeps only the merged sums (`totals`), the
+    routes staying on its workers (``per_lane`` is then ``False``).
 
     Attributes:
+        cost_model: the per-model costs.
+        policy_spec: the spec of the policy replayed.
+        num_models: models in the trace.
         computed_by: int8 ``(T, lanes)`` the model whose distribution the policy saw at each
             position (``-1`` past a lane's end).
         emitted_by: int8 ``(T, lanes)`` the model that emitted each position (differs from
-            ``computed_by`` where a ``"retry"`` escalation re-emitted it).
+            ``computed_by`` where a retrying escalation re-emitted it).
         lane_sequence: ``(lanes,)`` the trace sequence each lane replayed.
         ledger: the forward counts (`CostLedger`) of every lane.
-        cost_model: the per-model costs.
         metrics: per-lane arrays (see `lane_metrics`).
-        policy_spec: the spec of the policy replayed.
-        num_models: models in the trace.
         correct: bool ``(sequences, M)`` correctness labels of the single-model runs, if any.
+        totals: the merged sums (`Totals`) of a replay that kept no lanes.
     """
 
-    computed_by: np.ndarray
-    emitted_by: np.ndarray
-    lane_sequence: np.ndarray
-    ledger: CostLedger
     cost_model: CostModel
-    metrics: dict[str, np.ndarray]
     policy_spec: dict[str, Any]
     num_models: int
+    computed_by: np.ndarray | None = None
+    emitted_by: np.ndarray | None = None
+    lane_sequence: np.ndarray | None = None
+    ledger: CostLedger | None = None
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
     correct: np.ndarray | None = None
+    totals: Totals | None = None
+
+    @property
+    def per_lane(self) -> bool:
+        """Whether the lanes' routes and ledger were kept (the local engine)."""
+        return self.ledger is not None
 
     @property
     def lanes(self) -> int:
+        if self.lane_sequence is None:
+            return self.totals.sequences if self.totals is not None else 0
         return int(self.lane_sequence.shape[0])
+
+    def _need_lanes(self, what: str) -> None:
+        if not self.per_lane:
+            raise EngineError(f"{what} needs per-lane results: RayEngine keeps only the totals (use LocalEngine)")
 
     def report(self, lanes: np.ndarray | None = None) -> CostReport:
         """The summed `CostReport` of ``lanes`` (all by default)."""
+        if self.ledger is None and lanes is None and self.totals is not None:
+            return self.totals.report(self.cost_model)
+        self._need_lanes("report(lanes)")
         return self.ledger.report(self.cost_model, lanes)
 
     def routes(self, lane: int) -> np.ndarray:
         """The emitting model of each generated token of ``lane``."""
+        self._need_lanes("routes(lane)")
         col = self.emitted_by[:, lane]
         return col[col >= 0].astype(np.int64)
 
     def summary(self, lanes: np.ndarray | None = None) -> dict[str, Any]:
         """Aggregate metrics of ``lanes`` (token-weighted where the quantity is per token)."""
+        if self.ledger is None and lanes is None and self.totals is not None:
+            return self.totals.summary(self.cost_model)
+        self._need_lanes("summary(lanes)")
         from ead_sdk.simulators.metrics import aggregate
 
         return aggregate(self, lanes)
@@ -147,77 +172,98 @@ class ReplayResult:
 
 def replay(
     traces: TraceSet | ReplayData | str | os.PathLike[str],
-    policy: Policy,
+    policy: Policy | Mapping[str, Any] | str,
     *,
     cost_model: CostModel | None = None,
     lane_sequence: np.ndarray | None = None,
     with_topk: bool = True,
-    engine: str = "local",
-    address: str | None = None,
-    batch_rows: int = 1024,
-    threads: int | None = None,
-) -> ReplayResult | ReplayTotals:
+    engine: Engine | None = None,
+) -> ReplayResult:
     """Replay ``policy`` on every sequence of ``traces`` as the lanes of one batch.
 
     Args:
-        traces: a `TraceSet` (or a `ReplayData` prepared once and reused); with ``engine="ray"``
+        traces: a `TraceSet` (or a `ReplayData` prepared once and reused); with a `RayEngine`
             a `TraceSet` or the path of a Parquet trace dataset.
-        policy: any policy, ``replay_only`` ones included; per-lane parameter arrays must have
-            one value per lane.
+        policy: a policy object (``replay_only`` ones included; per-lane parameter arrays must
+            have one value per lane), or its spec or name.
         cost_model: per-model costs (default: the trace's parameter counts).
         lane_sequence: which sequence each lane replays (default: each sequence once); a sweep
-            tiles the sequences once per configuration.
+            tiles the sequences once per configuration. Local engine only.
         with_topk: show the policy each distribution's top-k (`Step.logprobs`/`token_ids`);
             ``False`` skips that per-step gather for policies that only read the entropy.
-        engine: ``"local"`` (this process, the default) or ``"ray"`` (Ray Data; needs the
-            ``ray`` extra).
-        address: the Ray cluster to join (``engine="ray"``; default ``RAY_ADDRESS`` or local).
-        batch_rows: sequences per Ray batch (``engine="ray"``).
-        threads: threads of the local engine, each replaying its own block of lanes (the lanes
-            are independent, and numpy releases the GIL inside its array loops); the default is
-            `default_threads` (at most 2). Each block has at least `MIN_BLOCK_LANES` lanes, so
-            small replays run on one thread. The result is the same for any thread count. Ray
-            workers replay on one thread each.
+        engine: `LocalEngine` (default) or `RayEngine`; see `ead_sdk.simulators.engines`.
 
     Returns:
-        A `ReplayResult` with per-lane routes, the `CostLedger` and metrics; with ``engine="ray"``
-        a `ReplayTotals` whose `report` and `summary` equal the local ones (routes stay on workers).
+        A `ReplayResult`. The local engine keeps per-lane routes, the `CostLedger` and metrics;
+        a `RayEngine` keeps the merged totals, whose `report` and `summary` equal the local ones.
     """
-    if engine == "ray":
+    engine = as_engine(engine)
+    policy = as_policy(policy)
+    if isinstance(engine, RayEngine):
         if lane_sequence is not None:
-            raise EadError("engine='ray' replays each sequence once; lane_sequence is for the local engine")
+            raise EngineError("RayEngine replays each sequence once; lane_sequence is for the LocalEngine")
         from ead_sdk.simulators.ray_engine import ray_replay
 
         return ray_replay(
-            traces, policy, cost_model=cost_model, with_topk=with_topk, address=address, batch_rows=batch_rows
+            traces,
+            policy,
+            cost_model=cost_model,
+            with_topk=with_topk,
+            address=engine.address,
+            batch_rows=engine.batch_rows,
         )
-    if engine != "local":
-        raise EadError(f"engine must be 'local' or 'ray', got {engine!r}")
     data = ReplayData.from_traces(traces, with_topk=with_topk)
-    meta = data.meta
-    m_count = meta.num_models
-    policy.check_models(m_count)
+    cost_model = _cost_model(data.meta, policy, cost_model)
+    seq = _lane_sequence(data, lane_sequence)
+    threads = default_threads() if engine.threads is None else int(engine.threads)
+    computed, emitted, ledger, sums = _replay_blocks(data, policy, seq, with_topk, threads)
+    result = ReplayResult(
+        cost_model=cost_model,
+        policy_spec=_spec(policy),
+        num_models=data.meta.num_models,
+        computed_by=computed,
+        emitted_by=emitted,
+        lane_sequence=seq,
+        ledger=ledger,
+        correct=data.flat.correct,
+    )
+    from ead_sdk.simulators.metrics import lane_metrics
+
+    result.metrics = lane_metrics(result, data, sums)
+    return result
+
+
+def _cost_model(meta: TraceMeta, policy: Policy, cost_model: CostModel | None) -> CostModel:
+    """Check the policy can route the trace's models; the given cost model, or the trace's."""
+    policy.check_models(meta.num_models)
     if cost_model is None:
-        cost_model = meta.cost_model()
-    elif cost_model.num_models != m_count:
-        raise EadError(f"cost model has {cost_model.num_models} models, the trace has {m_count}")
+        return meta.cost_model()
+    cost_model.check_models(meta.num_models, "the trace")
+    return cost_model
+
+
+def _lane_sequence(data: ReplayData, lane_sequence: np.ndarray | None) -> np.ndarray:
     seq = np.arange(data.num_sequences) if lane_sequence is None else np.asarray(lane_sequence, np.int64)
     if seq.ndim != 1 or (seq.size and (int(seq.min()) < 0 or int(seq.max()) >= data.num_sequences)):
-        raise EadError(f"lane_sequence must be a 1-d array of sequence indices in [0, {data.num_sequences})")
-    threads = default_threads() if threads is None else threads
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise EadError(f"threads must be an integer >= 1, got {threads!r}")
-    threads = int(threads)
-    n, t_max = int(seq.shape[0]), data.t_max
+        raise EngineError(f"lane_sequence must be a 1-d array of sequence indices in [0, {data.num_sequences})")
+    return seq
+
+
+def _replay_blocks(
+    data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool, threads: int
+) -> tuple[np.ndarray, np.ndarray, CostLedger, dict[str, np.ndarray]]:
+    """Replay the lanes in blocks (one per thread): routes, the filled ledger, per-lane emitter sums."""
+    import array_api_compat.numpy as xp
+
+    from ead_sdk.simulators.metrics import emitter_sums
+
+    n, t_max, m_count = int(seq.shape[0]), data.t_max, data.meta.num_models
     computed = np.full((t_max, n), -1, np.int8)
     emitted = np.full((t_max, n), -1, np.int8)
     ledger = CostLedger(n, m_count, data.flat.prompt_lengths[seq])
-    import array_api_compat.numpy as xp
-
     state = init_checked(policy, n, xp)
     topk = with_topk and data.top_logprobs is not None
     lengths = data.lengths[seq]
-    from ead_sdk.simulators.metrics import emitter_sums, lane_metrics
 
     def block(lanes: slice) -> dict[str, np.ndarray]:
         sub = {key: value[lanes] for key, value in state.items()}
@@ -232,20 +278,7 @@ def replay(
         with ThreadPoolExecutor(max_workers=len(blocks), thread_name_prefix="ead-replay") as pool:
             parts = list(pool.map(block, blocks))
     sums = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-    result = ReplayResult(
-        computed_by=computed,
-        emitted_by=emitted,
-        lane_sequence=seq,
-        ledger=ledger,
-        cost_model=cost_model,
-        metrics={},
-        policy_spec=_spec(policy),
-        num_models=m_count,
-        correct=data.flat.correct,
-    )
-    result.metrics = lane_metrics(result, data, sums)
-    return result
+    return computed, emitted, ledger, sums
 
 
 def _spec(policy: Policy) -> dict[str, Any]:
@@ -273,9 +306,8 @@ def default_threads() -> int:
 MIN_BLOCK_LANES = 30_000
 """Fewest lanes worth a thread of their own.
 
-Each array operation of a step hands the GIL between the threads, a fixed cost per step (about
-0.35 ms a step per thread measured on the 2-core development machine, whatever the block size):
-two threads broke even at about 24k lanes each, and gained about 1.25x at 32k and 1.5x at 64k each.
+Each array operation of a step hands the GIL between the threads, a fixed cost per step whatever
+the block size, so a thread pays off only on large blocks (measurements: docs/performance.md).
 """
 
 
@@ -306,8 +338,8 @@ def _run(
     (error messages name lanes of the whole replay).
     """
     n, m_count, t_max = seq.shape[0], data.meta.num_models, data.t_max
-    retry = policy.escalation in RETRYING
-    token_only = policy.escalation == "retry_token"  # the next position stays with the escalating model
+    escalation = rule(policy.escalation)
+    retry = escalation.retries
     lengths = data.lengths[seq]
     model = np.full(n, policy.initial_model, np.int64)
     base = seq * m_count
@@ -349,26 +381,34 @@ def _run(
             future=future,
         )
         routes, state = decide_checked(policy, state, step, n, t)
-        routes = np.asarray(to_numpy(routes))
-        if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
-            lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
-        else:
-            lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
-        if lo < 0 or hi >= m_count:
-            bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
-            raise ModelCountError(
-                f"policy {policy.name!r} routed lane {first_lane + bad} to model {int(routes[bad])}, "
-                f"not one of {m_count} models"
-            )
+        routes = _checked_routes(policy, routes, n, m_count, first_lane)
         if full:
             computed[t] = model
             if retry:
-                np.maximum(routes, model, out=emitted[t], casting="unsafe")
-            model = np.minimum(routes, model) if token_only else routes
+                escalation.emitter(routes, model, out=emitted[t])
+            model = escalation.next_model(routes, model)
             continue
         computed[t] = np.where(live, model, -1)
         if retry:
-            emitted[t] = np.where(live, np.maximum(routes, model), -1)
-        model = np.where(live, np.minimum(routes, model) if token_only else routes, model)
+            emitted[t] = np.where(live, escalation.emitter(routes, model), -1)
+        model = np.where(live, escalation.next_model(routes, model), model)
     if not retry:  # without retries every position is emitted by the model that computed it
         np.copyto(emitted, computed)
+
+
+def _checked_routes(policy: Policy, routes: Any, n: int, m_count: int, first_lane: int) -> np.ndarray:
+    """The routes as a host array, refused unless ``(n,)`` model indices below ``m_count``."""
+    routes = np.asarray(to_numpy(routes))
+    if routes.shape != (n,):
+        raise RouteError(f"policy {policy.name!r} returned routes of shape {routes.shape}, expected ({n},)")
+    if routes.dtype.kind in "iu":  # one reduction: a negative route is a huge unsigned one
+        lo, hi = 0, int(routes.view(routes.dtype.str.replace("i", "u")).max(initial=0))
+    else:
+        lo, hi = int(routes.min(initial=0)), int(routes.max(initial=0))
+    if lo < 0 or hi >= m_count:
+        bad = int(np.flatnonzero((routes < 0) | (routes >= m_count))[0])
+        raise ModelCountError(
+            f"policy {policy.name!r} routed lane {first_lane + bad} to model {int(routes[bad])}, "
+            f"not one of {m_count} models"
+        )
+    return routes

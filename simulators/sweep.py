@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from ead_sdk.simulators.metrics import routellm_summary
-from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
-from ead_sdk.simulators.totals import Totals
 
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import ParameterError
-from ead_sdk.registry import default_registry
+from ead_sdk.interface import Policy
+from ead_sdk.simulators.engines import Engine, LocalEngine, RayEngine, as_engine
+from ead_sdk.simulators.metrics import routellm_summary
+from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
+from ead_sdk.simulators.totals import Totals
+from ead_sdk.specs import as_policy
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 
@@ -55,16 +57,20 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
     return [dict(c) for c in grid]
 
 
-def lane_policy(policy_name: str, configs: Sequence[Mapping[str, Any]], n: int, **options: Any):
-    """One policy whose lanes ``c * n .. (c + 1) * n - 1`` carry configuration ``c``."""
-    cls = default_registry().get(policy_name).cls
+def lane_policy(base: Policy, configs: Sequence[Mapping[str, Any]], n: int) -> Policy:
+    """``base`` with lanes ``c * n .. (c + 1) * n - 1`` carrying configuration ``c``.
+
+    Parameters a configuration does not name keep ``base``'s values, as do its escalation mode
+    and initial model; the class is ``base``'s own, registered or not.
+    """
+    cls, label = type(base), base.name
     declared = {p.name: p for p in cls.parameters}
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = dict(base.params)
     names = sorted({k for c in configs for k in c})
     for name in names:
         if name not in declared:
-            raise ParameterError(f"policy {policy_name!r}: unknown parameter {name!r} in the grid")
-        values = [c.get(name, declared[name].default) for c in configs]
+            raise ParameterError(f"policy {label!r}: unknown parameter {name!r} in the grid")
+        values = [c.get(name, base.params[name]) for c in configs]
         p = declared[name]
         if not p.lane or p.kind not in ("float", "int", "bool"):
             if len({repr(v) for v in values}) > 1:
@@ -72,110 +78,104 @@ def lane_policy(policy_name: str, configs: Sequence[Mapping[str, Any]], n: int, 
             params[name] = values[0]
             continue
         dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_}[p.kind]
-        arr = np.asarray([p.validate(policy_name, v) for v in values], dtype=dtype)  # no silent casts
+        arr = np.asarray([p.validate(label, v) for v in values], dtype=dtype)  # no silent casts
         params[name] = np.repeat(arr, n, axis=0)
-    return cls(**options, **params)
+    return cls(escalation=base.escalation, initial_model=base.initial_model, **params)
 
 
 def sweep(
     traces: TraceSet | ReplayData | str | os.PathLike[str],
-    policy_name: str,
+    policy: Policy | Mapping[str, Any] | str,
     grid: Grid,
     *,
-    escalation: str = "next",
-    initial_model: int = 0,
     cost_model: CostModel | None = None,
     with_topk: bool | None = None,
     quality: str = "agreement",
-    engine: str = "local",
-    address: str | None = None,
-    batch_rows: int = 1024,
     progress: Progress | None = None,
-    threads: int | None = None,
     memory_budget: int = MEMORY_BUDGET,
+    engine: Engine | None = None,
 ) -> SweepResult:
-    """Replay every configuration of ``grid`` of policy ``policy_name`` on ``traces``.
+    """Replay every configuration of ``grid`` of ``policy`` on ``traces``.
 
     Args:
         traces: the trace (a `ReplayData` prepared once is reused as is), or the path of a trace
-            file or Parquet dataset, streamed ``batch_rows`` sequences at a time.
-        policy_name: an installed policy.
+            file or Parquet dataset, streamed ``engine.batch_rows`` sequences at a time.
+        policy: the policy whose parameters the grid varies: a policy object, a spec or an
+            installed policy's name. Parameters the grid does not name, the escalation mode and
+            the initial model are the policy's.
         grid: ``{"param": [values...], ...}`` (their product) or a list of configurations.
-        escalation: the escalation mode of every configuration.
-        initial_model: the model every lane starts on.
         cost_model: per-model costs (default: the trace's parameter counts).
         with_topk: show policies the top-k (default: only when the trace has it).
         quality: the quality proxy of the Pareto frontier: ``"agreement"``, ``"loglik_per_token"``
             or ``"quality"`` (needs correctness labels).
-        engine: ``"local"`` (this process) or ``"ray"`` (Ray Data over a Parquet dataset or a
-            `TraceSet`; needs the ``ray`` extra). Both give identical figures.
-        address: the Ray cluster to join (``engine="ray"``; default: ``RAY_ADDRESS`` or a local
-            instance).
-        batch_rows: sequences per batch when streaming a path or running on Ray.
         progress: called with ``(sequences done, sequences in all)`` as batches finish.
-        threads: threads of each local replay (see `replay`; default: at most 2). Ray workers
-            replay on one thread each.
         memory_budget: bytes of lane state an in-memory local sweep may hold (every
             configuration's lanes are replayed at once); a larger grid is refused with
             `ParameterError` before any replay. Streamed and Ray runs are bounded by batches.
+        engine: `LocalEngine` (default) or `RayEngine` (over a Parquet dataset or a `TraceSet`);
+            both give identical figures.
 
     Returns:
         A `SweepResult`: `table` has one row per configuration (its parameters and aggregate
         metrics), `frontier` its Pareto-optimal rows (lower ``cost_ratio``, higher quality).
         Streamed and Ray runs keep no per-lane results (`results` is empty; `totals` holds the sums).
     """
+    engine = as_engine(engine)
+    base = as_policy(policy)
     configs = expand_grid(grid)
     if not configs:
         raise ParameterError("the grid is empty")
     topk = with_topk is not False
-    if engine == "ray":
+    if isinstance(engine, RayEngine):
         from ead_sdk.simulators.ray_engine import ray_sweep
 
         return ray_sweep(
             traces,
-            policy_name,
+            base,
             configs,
-            escalation=escalation,
-            initial_model=initial_model,
             cost_model=cost_model,
             with_topk=topk,
             quality=quality,
-            address=address,
-            batch_rows=batch_rows,
+            address=engine.address,
+            batch_rows=engine.batch_rows,
             progress=progress,
         )
-    if engine != "local":
-        raise ParameterError(f"engine must be 'local' or 'ray', got {engine!r}")
     if isinstance(traces, (str, os.PathLike)):
-        return _sweep_streamed(
-            traces,
-            policy_name,
-            configs,
-            escalation=escalation,
-            initial_model=initial_model,
-            cost_model=cost_model,
-            with_topk=topk,
-            quality=quality,
-            batch_rows=batch_rows,
-            progress=progress,
-            threads=threads,
-        )
+        return _sweep_streamed(traces, base, configs, cost_model, topk, quality, progress, engine)
     data = ReplayData.from_traces(traces, with_topk=topk)
-    n = data.num_sequences
-    need = estimate_sweep_bytes(data, policy_name, configs, escalation=escalation, initial_model=initial_model)
+    _check_memory(data, base, configs, memory_budget)
+    return _sweep_in_memory(data, base, configs, cost_model, topk, quality, engine)
+
+
+def _check_memory(data: ReplayData, base: Policy, configs: list[dict[str, Any]], memory_budget: int) -> None:
+    need = estimate_sweep_bytes(data, base, configs)
     if need > memory_budget:
         raise ParameterError(
-            f"the sweep of {len(configs):,} configurations x {n:,} sequences x {data.t_max:,} positions would hold "
-            f"about {need / 2**30:.3g} GiB of lane state in memory (budget {memory_budget / 2**30:.3g} GiB): "
-            "split the grid, pass the trace's path (streamed in batches) or use engine='ray'"
+            f"the sweep of {len(configs):,} configurations x {data.num_sequences:,} sequences x {data.t_max:,} "
+            f"positions would hold about {need / 2**30:.3g} GiB of lane state in memory (budget "
+            f"{memory_budget / 2**30:.3g} GiB): split the grid, pass the trace's path (streamed in batches) "
+            "or use a RayEngine"
         )
+
+
+def _sweep_in_memory(
+    data: ReplayData,
+    base: Policy,
+    configs: list[dict[str, Any]],
+    cost_model: CostModel | None,
+    with_topk: bool,
+    quality: str,
+    engine: LocalEngine,
+) -> SweepResult:
+    """Every configuration's lanes in one replay per group of configurations; per-lane results kept."""
+    n = data.num_sequences
     rows: list[dict[str, Any] | None] = [None] * len(configs)
     results: list[tuple[list[int], ReplayResult]] = []
-    for members in config_groups(policy_name, configs):
+    for members in config_groups(base, configs):
         sub = [configs[i] for i in members]
-        policy = lane_policy(policy_name, sub, n, escalation=escalation, initial_model=initial_model)
+        policy = lane_policy(base, sub, n)
         seq = np.tile(np.arange(n), len(sub))
-        result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=topk, threads=threads)
+        result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=with_topk, engine=engine)
         results.append((members, result))
         for j, i in enumerate(members):
             summary = result.summary(np.arange(j * n, (j + 1) * n))
@@ -184,14 +184,7 @@ def sweep(
     return SweepResult(configs=configs, table=table, quality=quality, results=results)
 
 
-def estimate_sweep_bytes(
-    data: ReplayData,
-    policy_name: str,
-    configs: Sequence[Mapping[str, Any]],
-    *,
-    escalation: str = "next",
-    initial_model: int = 0,
-) -> int:
+def estimate_sweep_bytes(data: ReplayData, base: Policy, configs: Sequence[Mapping[str, Any]]) -> int:
     """Bytes an in-memory sweep of ``configs`` holds: per lane, its routes, ledger and policy state.
 
     Each configuration replays every sequence of ``data`` (one lane each). A lane keeps two int8
@@ -202,10 +195,10 @@ def estimate_sweep_bytes(
     n, m = data.num_sequences, data.meta.num_models
     fixed_per_lane = 2 * data.t_max + 49 * m + 16 * int(data.meta.k) + 128  # routes, ledger, step buffers
     total = 0
-    for members in config_groups(policy_name, configs):
+    for members in config_groups(base, configs):
         group = [configs[i] for i in members]
         sample = _extreme_configs(group)
-        policy = lane_policy(policy_name, sample, 1, escalation=escalation, initial_model=initial_model)
+        policy = lane_policy(base, sample, 1)
         import array_api_compat.numpy as xp
 
         state_per_lane = _nbytes(policy.init_state(len(sample), xp)) / len(sample)
@@ -232,9 +225,9 @@ def _nbytes(tree: Any) -> int:
     return int(getattr(tree, "nbytes", 0))
 
 
-def config_groups(policy_name: str, configs: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+def config_groups(base: Policy, configs: Sequence[Mapping[str, Any]]) -> list[list[int]]:
     """Indices of ``configs`` that can share one batched run (equal non-per-lane parameters)."""
-    fixed = _fixed_params(policy_name, configs)
+    fixed = _fixed_params(base, configs)
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(repr(sorted((k, c[k]) for k in fixed if k in c)), []).append(i)
@@ -253,36 +246,30 @@ def replay_columns(meta: TraceMeta, with_topk: bool) -> list[str]:
 
 def sweep_totals(
     data: ReplayData,
-    policy_name: str,
+    base: Policy,
     configs: Sequence[Mapping[str, Any]],
     *,
-    escalation: str = "next",
-    initial_model: int = 0,
     cost_model: CostModel | None = None,
     with_topk: bool = True,
     max_lanes: int = 1 << 16,
-    threads: int | None = None,
+    engine: LocalEngine | None = None,
 ) -> list[Totals]:
-    """The `Totals` of every configuration on the sequences of ``data`` (one batch of a sweep).
+    """The `Totals` of every configuration of ``base`` on the sequences of ``data`` (one batch of a sweep).
 
     Configurations run as lanes of batched replays of at most ``max_lanes`` lanes each, so the
-    memory of a batch is bounded whatever the grid size; ``threads`` as in `replay`.
+    memory of a batch is bounded whatever the grid size; ``engine`` as in `replay`.
     """
     n = data.num_sequences
     out: list[Totals] = [Totals(data.meta.num_models) for _ in configs]
     if n == 0:
         return out
     per_run = max(1, max_lanes // n)
-    for members in config_groups(policy_name, configs):
+    for members in config_groups(base, configs):
         for start in range(0, len(members), per_run):
             chunk = members[start : start + per_run]
-            policy = lane_policy(
-                policy_name, [configs[i] for i in chunk], n, escalation=escalation, initial_model=initial_model
-            )
+            policy = lane_policy(base, [configs[i] for i in chunk], n)
             seq = np.tile(np.arange(n), len(chunk))
-            result = replay(
-                data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=with_topk, threads=threads
-            )
+            result = replay(data, policy, cost_model=cost_model, lane_sequence=seq, with_topk=with_topk, engine=engine)
             for j, i in enumerate(chunk):
                 out[i] = Totals.of_lanes(result, np.arange(j * n, (j + 1) * n))
     return out
@@ -300,47 +287,34 @@ def result_from_totals(
     return SweepResult(configs=configs, table=table, quality=quality, results=[], totals=list(totals))
 
 
-def check_grid(policy_name: str, configs: Sequence[Mapping[str, Any]], escalation: str, initial_model: int) -> None:
+def check_grid(base: Policy, configs: Sequence[Mapping[str, Any]]) -> None:
     """Build every run's policy once on one lane: a bad grid fails before any batch is read."""
-    for members in config_groups(policy_name, configs):
-        lane_policy(policy_name, [configs[i] for i in members], 1, escalation=escalation, initial_model=initial_model)
+    for members in config_groups(base, configs):
+        lane_policy(base, [configs[i] for i in members], 1)
 
 
 def _sweep_streamed(
     path: str | os.PathLike[str],
-    policy_name: str,
+    base: Policy,
     configs: list[dict[str, Any]],
-    *,
-    escalation: str,
-    initial_model: int,
     cost_model: CostModel | None,
     with_topk: bool,
     quality: str,
-    batch_rows: int,
     progress: Progress | None,
-    threads: int | None = None,
+    engine: LocalEngine,
 ) -> SweepResult:
-    """The local engine over a trace on disk: ``batch_rows`` sequences at a time, totals merged."""
+    """The local engine over a trace on disk: ``engine.batch_rows`` sequences at a time, totals merged."""
     from ead_sdk.traces.reader import iter_trace_batches, read_meta
 
     meta = read_meta(path)
-    check_grid(policy_name, configs, escalation, initial_model)
+    check_grid(base, configs)
     cost_model = cost_model or meta.cost_model()
     total = _count_rows(path)
     merged = [Totals(meta.num_models) for _ in configs]
     done = 0
-    for batch in iter_trace_batches(path, replay_columns(meta, with_topk), batch_rows=batch_rows):
+    for batch in iter_trace_batches(path, replay_columns(meta, with_topk), batch_rows=engine.batch_rows):
         data = ReplayData.from_traces(batch, with_topk=with_topk)
-        parts = sweep_totals(
-            data,
-            policy_name,
-            configs,
-            escalation=escalation,
-            initial_model=initial_model,
-            cost_model=cost_model,
-            with_topk=with_topk,
-            threads=threads,
-        )
+        parts = sweep_totals(data, base, configs, cost_model=cost_model, with_topk=with_topk, engine=engine)
         for acc, part in zip(merged, parts, strict=True):
             acc.merge(part)
         done += len(batch)
@@ -363,9 +337,8 @@ def _count_rows(path: str | os.PathLike[str]) -> int:
     return -1
 
 
-def _fixed_params(policy_name: str, configs: Sequence[Mapping[str, Any]]) -> list[str]:
-    cls = default_registry().get(policy_name).cls
-    declared = {p.name: p for p in cls.parameters}
+def _fixed_params(base: Policy, configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    declared = {p.name: p for p in type(base).parameters}
     names = {k for c in configs for k in c}
     per_lane = ("float", "int", "bool")
     return sorted(k for k in names if k in declared and (not declared[k].lane or declared[k].kind not in per_lane))

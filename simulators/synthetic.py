@@ -63,14 +63,7 @@ def synthetic_traces(
         prompt_length: prompt tokens per sequence.
         seed: the random seed.
     """
-    if num_models < 1:
-        raise TraceError(f"num_models must be >= 1, got {num_models}")
-    if vocab_size % _STRIDE == 0 or vocab_size < k + 2:
-        raise TraceError(f"vocab_size must be >= k + 2 and not a multiple of {_STRIDE}, got {vocab_size}")
-    if emitter not in ("small", "large", "oracle"):
-        raise TraceError(f"emitter must be 'small', 'large' or 'oracle', got {emitter!r}")
-    if not 0.0 <= correlation <= 1.0:
-        raise TraceError(f"correlation must be in [0, 1], got {correlation}")
+    _check_request(num_models, vocab_size, k, emitter, correlation)
     rng = np.random.default_rng(seed)
     m = num_models
     if isinstance(length, tuple):
@@ -79,6 +72,13 @@ def synthetic_traces(
         lengths = np.full(n_sequences, int(length))
     t_max = int(lengths.max()) if n_sequences else 0
     counts = param_counts or tuple(int(1e9 * 2 ** (3 * i)) for i in range(m))
+    settings = {
+        "seed": seed,
+        "emitter": emitter,
+        "p_enter_hard": p_enter_hard,
+        "p_leave_hard": p_leave_hard,
+        "correlation": correlation,
+    }
     meta = TraceMeta(
         format_version=FORMAT_VERSION,
         model_names=tuple(f"synthetic-{i}" for i in range(m)),
@@ -86,61 +86,11 @@ def synthetic_traces(
         vocab_size=vocab_size,
         tokenizer_fingerprint="synthetic",
         k=k,
-        generation={
-            "synthetic": {
-                "seed": seed,
-                "emitter": emitter,
-                "p_enter_hard": p_enter_hard,
-                "p_leave_hard": p_leave_hard,
-                "correlation": correlation,
-            }
-        },
+        generation={"synthetic": settings},
     )
-
-    # Regimes, time-major (T, n): a two-state Markov chain per sequence.
-    u = rng.random((t_max, n_sequences))
-    hard = np.zeros((t_max, n_sequences), bool)
-    state = rng.random(n_sequences) < p_enter_hard / (p_enter_hard + p_leave_hard)
-    for t in range(t_max):
-        hard[t] = state
-        state = np.where(state, u[t] >= p_leave_hard, u[t] < p_enter_hard)
-    shared = lfilter([1.0], [1.0, -0.7], rng.standard_normal((t_max, n_sequences)), axis=0) * 0.5
-    latent = np.where(hard, 1.0, -1.5) + shared
-    # Model i: logit of its geometric ratio q; larger models are more certain.
-    own = rng.standard_normal((t_max, n_sequences, m))
-    noise = correlation * latent[..., None] + np.sqrt(1 - correlation**2) * own
-    logit_q = noise * 1.2 - 0.9 * np.arange(m)
-    q = np.clip(1.0 / (1.0 + np.exp(-logit_q)), 1e-4, 0.995)
-    entropy = _geometric_entropy(q)
-
-    # Candidate tokens per position; model i ranks them like the largest model, except that it
-    # swaps the first two with a probability that is higher on hard segments and smaller models.
-    start = rng.integers(0, vocab_size, (t_max, n_sequences))
-    cand = (start[..., None] + _STRIDE * np.arange(k + 2)) % vocab_size  # (T, n, k + 2)
-    p_swap = np.where(hard, 0.5, 0.08)[..., None] * (1.0 - np.arange(m) / max(m - 1, 1))
-    swapped = rng.random((t_max, n_sequences, m)) < p_swap
-    swapped[..., m - 1] = False
-    rank_of = np.broadcast_to(np.arange(k + 2), (t_max, n_sequences, m, k + 2)).copy()
-    rank_of[..., 0] = np.where(swapped, 1, 0)
-    rank_of[..., 1] = np.where(swapped, 0, 1)  # rank_of[..., c]: rank of candidate c
-
-    # The trajectory: the emitter draws a rank (geometric, capped at k + 1) from its distribution.
-    if emitter == "small":
-        emitted = np.zeros((t_max, n_sequences), np.int64)
-    elif emitter == "large":
-        emitted = np.full((t_max, n_sequences), m - 1, np.int64)
-    else:
-        emitted = np.where(hard, m - 1, 0)
-    q_e = np.take_along_axis(q, emitted[..., None], 2)[..., 0]
-    rank = np.minimum(np.floor(np.log(rng.random((t_max, n_sequences))) / np.log(q_e)), k + 1)
-    rank = rank.astype(np.int64)
-    # Candidate that the emitter ranks `rank`: invert its ranking (only the first two may swap).
-    sw_e = np.take_along_axis(swapped, emitted[..., None], 2)[..., 0]
-    chosen = np.where(sw_e & (rank < 2), 1 - rank, rank)
-    token = np.take_along_axis(cand, chosen[..., None], 2)[..., 0]
-    token_rank = np.take_along_axis(rank_of, np.broadcast_to(chosen[..., None, None], (*chosen.shape, m, 1)), 3)[..., 0]
-    token_logprob = np.log1p(-q) + token_rank * np.log(q)
-
+    hard, q = _regimes(rng, (t_max, n_sequences, m), p_enter_hard, p_leave_hard, correlation)
+    cand, swapped, rank_of = _candidates(rng, hard, m, k, vocab_size)
+    emitted, token, token_logprob = _trajectory(rng, emitter, hard, q, cand, swapped, rank_of, k)
     ranks = np.arange(k)
     top_lp = np.log1p(-q)[..., None] + ranks * np.log(q)[..., None]  # (T, n, m, k)
     order = np.where(swapped[..., None] & (ranks < 2), 1 - ranks, ranks)  # candidate at rank j
@@ -152,12 +102,7 @@ def synthetic_traces(
     def pick(a: np.ndarray) -> np.ndarray:
         return np.swapaxes(a, 0, 1)[flat]
 
-    correct = None
-    if labels:
-        hard_share = np.where(lengths > 0, (hard & live).sum(0) / np.maximum(lengths, 1), 0.0)
-        skill = np.linspace(-0.2, 1.6, m) if m > 1 else np.array([0.8])
-        p_ok = 1.0 / (1.0 + np.exp(-(skill[None, :] + 0.5 - 3.0 * hard_share[:, None])))
-        correct = rng.random((n_sequences, m)) < p_ok
+    correct = _labels(rng, lengths, hard & live, m) if labels else None
     batch = arrays_to_batch(
         meta,
         lengths=lengths,
@@ -165,7 +110,7 @@ def synthetic_traces(
         prompt_ids=rng.integers(0, vocab_size, n_sequences * prompt_length),
         token_ids=pick(token),
         emitted_by=pick(emitted),
-        entropy=pick(entropy),
+        entropy=pick(_geometric_entropy(q)),
         token_logprob=pick(token_logprob),
         top_ids=pick(top_ids) if k else None,
         top_logprobs=pick(top_lp) if k else None,
@@ -173,3 +118,91 @@ def synthetic_traces(
         correct=correct,
     )
     return TraceSet(meta, pa.Table.from_batches([batch]), f"<synthetic seed={seed}>")
+
+
+def _check_request(num_models: int, vocab_size: int, k: int, emitter: str, correlation: float) -> None:
+    if num_models < 1:
+        raise TraceError(f"num_models must be >= 1, got {num_models}")
+    if vocab_size % _STRIDE == 0 or vocab_size < k + 2:
+        raise TraceError(f"vocab_size must be >= k + 2 and not a multiple of {_STRIDE}, got {vocab_size}")
+    if emitter not in ("small", "large", "oracle"):
+        raise TraceError(f"emitter must be 'small', 'large' or 'oracle', got {emitter!r}")
+    if not 0.0 <= correlation <= 1.0:
+        raise TraceError(f"correlation must be in [0, 1], got {correlation}")
+
+
+def _regimes(
+    rng: np.random.Generator, shape: tuple[int, int, int], p_enter: float, p_leave: float, correlation: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hard segments ``(T, n)`` (a two-state Markov chain per sequence) and each model's ratio ``q``."""
+    t_max, n, m = shape
+    u = rng.random((t_max, n))
+    hard = np.zeros((t_max, n), bool)
+    state = rng.random(n) < p_enter / (p_enter + p_leave)
+    for t in range(t_max):
+        hard[t] = state
+        state = np.where(state, u[t] >= p_leave, u[t] < p_enter)
+    shared = lfilter([1.0], [1.0, -0.7], rng.standard_normal((t_max, n)), axis=0) * 0.5
+    latent = np.where(hard, 1.0, -1.5) + shared
+    # Model i: logit of its geometric ratio q; larger models are more certain.
+    own = rng.standard_normal((t_max, n, m))
+    noise = correlation * latent[..., None] + np.sqrt(1 - correlation**2) * own
+    logit_q = noise * 1.2 - 0.9 * np.arange(m)
+    return hard, np.clip(1.0 / (1.0 + np.exp(-logit_q)), 1e-4, 0.995)
+
+
+def _candidates(
+    rng: np.random.Generator, hard: np.ndarray, m: int, k: int, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate tokens per position, and how each model ranks them.
+
+    Model i ranks them like the largest model, except that it swaps the first two with a
+    probability that is higher on hard segments and smaller models.
+    """
+    t_max, n = hard.shape
+    start = rng.integers(0, vocab_size, (t_max, n))
+    cand = (start[..., None] + _STRIDE * np.arange(k + 2)) % vocab_size  # (T, n, k + 2)
+    p_swap = np.where(hard, 0.5, 0.08)[..., None] * (1.0 - np.arange(m) / max(m - 1, 1))
+    swapped = rng.random((t_max, n, m)) < p_swap
+    swapped[..., m - 1] = False
+    rank_of = np.broadcast_to(np.arange(k + 2), (t_max, n, m, k + 2)).copy()
+    rank_of[..., 0] = np.where(swapped, 1, 0)
+    rank_of[..., 1] = np.where(swapped, 0, 1)  # rank_of[..., c]: rank of candidate c
+    return cand, swapped, rank_of
+
+
+def _trajectory(
+    rng: np.random.Generator,
+    emitter: str,
+    hard: np.ndarray,
+    q: np.ndarray,
+    cand: np.ndarray,
+    swapped: np.ndarray,
+    rank_of: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The emitter draws a rank (geometric, capped at k + 1): emitting models, tokens, their logprobs."""
+    t_max, n, m = q.shape
+    if emitter == "small":
+        emitted = np.zeros((t_max, n), np.int64)
+    elif emitter == "large":
+        emitted = np.full((t_max, n), m - 1, np.int64)
+    else:
+        emitted = np.where(hard, m - 1, 0)
+    q_e = np.take_along_axis(q, emitted[..., None], 2)[..., 0]
+    rank = np.minimum(np.floor(np.log(rng.random((t_max, n))) / np.log(q_e)), k + 1)
+    rank = rank.astype(np.int64)
+    # Candidate that the emitter ranks `rank`: invert its ranking (only the first two may swap).
+    sw_e = np.take_along_axis(swapped, emitted[..., None], 2)[..., 0]
+    chosen = np.where(sw_e & (rank < 2), 1 - rank, rank)
+    token = np.take_along_axis(cand, chosen[..., None], 2)[..., 0]
+    token_rank = np.take_along_axis(rank_of, np.broadcast_to(chosen[..., None, None], (*chosen.shape, m, 1)), 3)[..., 0]
+    return emitted, token, np.log1p(-q) + token_rank * np.log(q)
+
+
+def _labels(rng: np.random.Generator, lengths: np.ndarray, hard_live: np.ndarray, m: int) -> np.ndarray:
+    """Correctness of each single-model run: larger models are right more often, hard sequences less."""
+    hard_share = np.where(lengths > 0, hard_live.sum(0) / np.maximum(lengths, 1), 0.0)
+    skill = np.linspace(-0.2, 1.6, m) if m > 1 else np.array([0.8])
+    p_ok = 1.0 / (1.0 + np.exp(-(skill[None, :] + 0.5 - 3.0 * hard_share[:, None])))
+    return rng.random((len(lengths), m)) < p_ok

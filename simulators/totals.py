@@ -6,7 +6,7 @@ integers add exactly in any order; the float sums are kept as exact partials (`m
 floats whose exact sum is the exact sum of the values) and rounded once with `math.fsum`, so
 totals built from any split of the sequences into batches (one process or many Ray workers) and
 merged in any order give bit-identical figures. Ratios are computed once, from the merged
-totals, by `Totals.summary`.
+totals, by `Totals.summary`. How totals travel between processes is `ead_sdk.simulators.ray_wire`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from ead_sdk.cost import CostLedger, CostModel, CostReport
-from ead_sdk.errors import EadError
+from ead_sdk.errors import EngineError
 
 if TYPE_CHECKING:
     from ead_sdk.simulators.replay import ReplayResult
 
-_COUNTERS = ("emitted", "steps", "catchup", "wasted", "prefill")
+COUNTERS = ("emitted", "steps", "catchup", "wasted", "prefill")
 
 
 def msum(values: Iterable[float], partials: list[float] | None = None) -> list[float]:
@@ -83,11 +82,11 @@ class Totals:
     correct_large: int = 0
 
     def __post_init__(self) -> None:
-        for name in _COUNTERS:
+        for name in COUNTERS:
             value = getattr(self, name)
             arr = np.zeros(self.num_models, np.int64) if value is None else np.asarray(value, np.int64)
             if arr.shape != (self.num_models,):
-                raise EadError(f"totals: {name} has shape {arr.shape}, expected ({self.num_models},)")
+                raise EngineError(f"totals: {name} has shape {arr.shape}, expected ({self.num_models},)")
             setattr(self, name, arr)
 
     @classmethod
@@ -99,7 +98,7 @@ class Totals:
             num_models=result.num_models,
             sequences=int(sel.shape[0]),
             switches=int(ledger.switches[sel].sum()),
-            **{name: getattr(ledger, name)[sel].sum(0) for name in _COUNTERS},
+            **{name: getattr(ledger, name)[sel].sum(0) for name in COUNTERS},
         )
         if "agreement_count" in met:
             out.agreement = int(met["agreement_count"][sel].sum())
@@ -118,9 +117,9 @@ class Totals:
     def merge(self, other: Totals) -> Totals:
         """Add ``other`` into these totals (exactly; the order of merges does not matter)."""
         if other.num_models != self.num_models:
-            raise EadError(f"cannot merge totals of {other.num_models} and {self.num_models} models")
+            raise EngineError(f"cannot merge totals of {other.num_models} and {self.num_models} models")
         self.sequences += other.sequences
-        for name in _COUNTERS:
+        for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.switches += other.switches
         # Every batch of one trace has the same columns, so a figure is absent from all or none.
@@ -139,7 +138,7 @@ class Totals:
     def report(self, cost_model: CostModel) -> CostReport:
         """The `CostReport` of the summed lanes (`CostLedger.report` on the summed counters)."""
         ledger = CostLedger(1, self.num_models)
-        for name in _COUNTERS:
+        for name in COUNTERS:
             getattr(ledger, name)[0] = getattr(self, name)
         ledger.switches[0] = self.switches
         return ledger.report(cost_model)
@@ -174,132 +173,5 @@ class Totals:
             )
         return out
 
-    # -- Arrow rows: how totals travel between processes ------------------------------------
-    def to_row(self) -> dict[str, Any]:
-        """The totals as one row of `TOTALS_SCHEMA` (without the ``config`` column)."""
-        return {
-            "num_models": self.num_models,
-            "sequences": self.sequences,
-            **{name: getattr(self, name).tolist() for name in _COUNTERS},
-            "switches": self.switches,
-            "agreement": self.agreement,
-            "loglik": self.loglik,
-            "has_labels": self.has_labels,
-            "labelled": self.labelled,
-            "quality": list(self.quality),
-            "correct_small": self.correct_small,
-            "correct_large": self.correct_large,
-        }
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Totals:
-        """Totals from a row written by `to_row` (extra keys such as ``config`` are ignored)."""
-        return cls(
-            num_models=int(row["num_models"]),
-            sequences=int(row["sequences"]),
-            **{name: np.asarray(row[name], np.int64) for name in _COUNTERS},
-            switches=int(row["switches"]),
-            agreement=None if row["agreement"] is None else int(row["agreement"]),
-            loglik=None if row["loglik"] is None else [float(v) for v in row["loglik"]],
-            has_labels=bool(row["has_labels"]),
-            labelled=int(row["labelled"]),
-            quality=[float(v) for v in row["quality"]],
-            correct_small=int(row["correct_small"]),
-            correct_large=int(row["correct_large"]),
-        )
-
-
-TOTALS_SCHEMA = pa.schema(
-    [
-        pa.field("config", pa.int64()),
-        pa.field("num_models", pa.int64()),
-        pa.field("sequences", pa.int64()),
-        *[pa.field(name, pa.list_(pa.int64())) for name in _COUNTERS],
-        pa.field("switches", pa.int64()),
-        pa.field("agreement", pa.int64()),
-        pa.field("loglik", pa.list_(pa.float64())),
-        pa.field("has_labels", pa.bool_()),
-        pa.field("labelled", pa.int64()),
-        pa.field("quality", pa.list_(pa.float64())),
-        pa.field("correct_small", pa.int64()),
-        pa.field("correct_large", pa.int64()),
-        pa.field("error_type", pa.string()),
-        pa.field("error", pa.string()),
-    ]
-)
-"""Arrow schema of per-configuration totals: one row per (batch, configuration)."""
-
-
-@dataclass(frozen=True)
-class ReplayTotals:
-    """A replay run by a distributed engine: its summed figures (per-lane routes stay on workers).
-
-    Attributes:
-        policy_spec: the spec of the policy replayed.
-        cost_model: the per-model costs.
-        totals: the sums over every sequence.
-    """
-
-    policy_spec: dict[str, Any]
-    cost_model: CostModel
-    totals: Totals
-
-    @property
-    def lanes(self) -> int:
-        return self.totals.sequences
-
-    def report(self) -> CostReport:
-        """The summed `CostReport` (equal to the local `ReplayResult.report()`)."""
-        return self.totals.report(self.cost_model)
-
-    def summary(self) -> dict[str, Any]:
-        """Aggregate metrics (equal to the local `ReplayResult.summary()`)."""
-        return self.totals.summary(self.cost_model)
-
-
-def totals_table(totals: list[Totals], configs: list[int]) -> pa.Table:
-    """Totals as an Arrow table of `TOTALS_SCHEMA`, row ``i`` for configuration ``configs[i]``."""
-    rows = [{"config": c, **t.to_row()} for c, t in zip(configs, totals, strict=True)]
-    return pa.Table.from_pylist(rows, schema=TOTALS_SCHEMA)
-
-
-def error_table(exc: EadError) -> pa.Table:
-    """A worker's SDK error as a one-row `TOTALS_SCHEMA` table (`merge_table` raises it)."""
-    return pa.Table.from_pylist(
-        [{"config": -1, "error_type": type(exc).__name__, "error": str(exc)}], schema=TOTALS_SCHEMA
-    )
-
-
-def _raise_reported(row: dict[str, Any]) -> None:
-    import ead_sdk.errors as errors
-
-    cls = getattr(errors, str(row["error_type"]), EadError)
-    if not (isinstance(cls, type) and issubclass(cls, EadError)):
-        cls = EadError
-    raise cls(row["error"])
-
-
-def merge_table(table: pa.Table, into: dict[int, Totals]) -> int:
-    """Merge every row of a `totals_table` into ``into`` (keyed by configuration).
-
-    Returns:
-        The lanes merged (sequences summed over the rows).
-
-    Raises:
-        EadError: the error a worker reported (`error_table`), as its own class.
-    """
-    lanes = 0
-    for row in table.to_pylist():
-        if row.get("error") is not None:
-            _raise_reported(row)
-        t = Totals.from_row(row)
-        c = int(row["config"])
-        if c in into:
-            into[c].merge(t)
-        else:
-            into[c] = t
-        lanes += t.sequences
-    return lanes
-
-
-__all__ = ["TOTALS_SCHEMA", "ReplayTotals", "Totals", "error_table", "merge_table", "msum", "totals_table"]
+__all__ = ["COUNTERS", "Totals", "msum"]

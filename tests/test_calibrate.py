@@ -6,12 +6,12 @@ import importlib
 import itertools
 
 import pytest
-from ead_sdk.simulators import calibrate, replay, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk import load_policy
 from ead_sdk.errors import ParameterError
+from ead_sdk.simulators import calibrate, replay, synthetic_traces
 
 
 @settings(max_examples=8)
@@ -183,5 +183,31 @@ def test_a_calibration_over_the_memory_budget_is_refused(monkeypatch):
     monkeypatch.setattr(module, "MEMORY_BUDGET", 10_000)
     traces = synthetic_traces(10, 20, seed=0)
     policy = load_policy({"policy": "rolling_entropy", "params": {"unit": "nats"}})
-    with pytest.raises(ParameterError, match=r"calibrating 'window' replays 16 values x 10 sequences .* engine='ray'"):
+    with pytest.raises(ParameterError, match=r"calibrating 'window' replays 16 values x 10 sequences .* RayEngine"):
         calibrate(traces, policy, "window", target_large_share=0.5, held_out=0.0)
+
+
+def test_an_unregistered_policy_calibrates_and_sweeps_like_a_registered_one():
+    from ead_sdk.params import Param
+    from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+    from ead_sdk.simulators import sweep
+
+    class Private(RollingEntropyPolicy):  # a subclass no plugin registers, under a name nothing provides
+        name = "private_rolling_entropy"
+        parameters = tuple(p for p in RollingEntropyPolicy.parameters if p.name != "unit") + (
+            Param("unit", "str", default="nats", choices=("bits", "nats"), lane=False),
+        )
+
+    traces = synthetic_traces(40, 40, seed=3)
+    mine = Private(window=2, threshold=1.0)
+    spec = {"policy": "rolling_entropy", "params": {"window": 2, "threshold": 1.0, "unit": "nats"}}
+    theirs = load_policy(spec)
+    a = calibrate(traces, mine, "threshold", target_large_share=0.3)
+    b = calibrate(traces, spec, "threshold", target_large_share=0.3)
+    assert type(a.policy) is Private and a.value == b.value and a.held_out == b.held_out
+    grid = {"threshold": [0.5, 1.0, 2.0]}
+    assert (
+        sweep(traces, mine, grid)
+        .table.drop(["param.threshold"])
+        .equals(sweep(traces, theirs, grid).table.drop(["param.threshold"]))
+    )

@@ -14,16 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from ead_sdk.cli import app
-from ead_sdk.cli._app import UserError
 from ead_sdk.cli.offline import parse_grid
+from ead_sdk.errors import UserError
 from ead_sdk.interface import ESCALATIONS
 from ead_sdk.registry import default_registry
+from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces
 from ead_sdk.specs import load_policy
 from ead_sdk.traces import read_traces, validate_table, write_traces
 
@@ -280,9 +280,20 @@ def test_sweep_table_and_quality_choice(trace_path: Path) -> None:
         )
     )
     direct = sweep(
-        read_traces(trace_path), "rolling_entropy", {"threshold": [0.5, 1.5]}, escalation="retry", quality="agreement"
+        read_traces(trace_path),
+        {"policy": "rolling_entropy", "escalation": "retry"},
+        {"threshold": [0.5, 1.5]},
+        quality="agreement",
     )
     assert [{k: v for k, v in r.items() if k != "frontier"} for r in data["rows"]] == jsonable(direct.table.to_pylist())
+
+
+def test_sweep_takes_a_json_spec_as_the_policy(demo_trace: Path) -> None:
+    spec = {"policy": "rolling_entropy", "params": {"window": 3, "unit": "nats"}, "escalation": "retry_token"}
+    data = ok_json(ead("sweep", "-p", json.dumps(spec), "-g", "threshold=1,2", "--json"))
+    assert data["policy"] == "rolling_entropy" and data["escalation"] == "retry_token"
+    direct = sweep(read_traces(demo_trace), spec, {"threshold": [1, 2]}, quality="quality")
+    assert [r["large_share"] for r in data["rows"]] == direct.table.column("large_share").to_pylist()
 
 
 def test_sweep_defaults_to_the_shipped_trace(demo_trace: Path) -> None:
@@ -389,7 +400,7 @@ PROMPT = "import os\n\n\ndef join(a, b):\n    return os.path."
 def test_generate_json_equals_the_sdk_decoder(pair: list[str]) -> None:
     """``ead generate --json``: the tokens, models and report of `ead_sdk.generate` with the same backend and policy."""
     import ead_sdk
-    from ead_sdk.demo.live import load_backend
+    from ead_sdk.demo.live_eval import load_backend
 
     spec = json.dumps({"policy": "rolling_entropy", "params": {"window": 1, "threshold": 1.5}})
     data = ok_json(ead("generate", "--models", *pair, "--policy", spec, "--max-new-tokens", 10, "--json", PROMPT))
@@ -412,7 +423,7 @@ def test_generate_prints_the_text_then_the_cost_report(pair: list[str]) -> None:
 def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_path: Path) -> None:
     """Three prompts in two batches: ids 0-2 in prompt order, the pair's metadata, then ``ead replay`` reads it."""
     from ead_sdk.demo import task
-    from ead_sdk.demo.live import load_backend
+    from ead_sdk.demo.live_eval import load_backend
 
     prompts = ["def f(x):\n    return x", {"prompt": "class A:\n    def __init__(self):\n        self."}, "import "]
     pfile = tmp_path / "prompts.jsonl"
@@ -480,7 +491,7 @@ def test_eval_reports_baselines_and_policies_with_consistent_gap_measures(eval_r
 
 def test_eval_figures_equal_the_live_evaluation(pair: list[str], eval_run: dict[str, Any]) -> None:
     from ead_sdk.demo import task
-    from ead_sdk.demo.live import evaluate_live, load_backend
+    from ead_sdk.demo.live_eval import evaluate_live, load_backend
 
     score = evaluate_live(
         load_backend(pair), load_policy("rolling_entropy"), task.load_eval_prompts(4), batch=2, max_new_tokens=8

@@ -140,3 +140,21 @@ def test_catch_up_costs_validation():
     with pytest.raises(EadError, match=">= 0"):
         CostModel((1, 2), catchup_costs=(0, -1))
     assert CostModel((1, 2), catchup_costs=(0, 0)).catchup_costs == (0.0, 0.0)
+
+
+def test_sum_reports_of_lane_groups_equals_the_report_of_all_lanes():
+    from ead_sdk.cost import sum_reports
+
+    rng = np.random.default_rng(7)
+    n, m = 6, 3
+    ledger = CostLedger(n, m, rng.integers(1, 5, n))
+    for t in range(12):
+        models = rng.integers(0, m, n)
+        ledger.compute(np.arange(n), models, np.full(n, t))
+        ledger.emit(np.arange(n), models)
+    costs = CostModel((1.0, 3.0, 9.0))
+    parts = [ledger.report(costs, np.array(lanes)) for lanes in ([0, 1], [2], [3, 4, 5])]
+    whole, summed = ledger.report(costs), sum_reports(parts, costs)
+    assert summed.as_dict() == pytest.approx(whole.as_dict())
+    with pytest.raises(ValueError, match="at least one report"):
+        sum_reports([], costs)

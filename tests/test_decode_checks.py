@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.simulators import replay
 
 from ead_sdk import PolicyError
 from ead_sdk.backend import Sampling
 from ead_sdk.errors import BackendError, SignalError
 from ead_sdk.interface import Policy, Routes, State, Step
+from ead_sdk.policies.fixed import FixedPolicy
+from ead_sdk.simulators import replay
 from ead_sdk.traces import TraceSet
 from tests.test_traces import make_meta, make_sequence
 
@@ -25,7 +25,6 @@ pytest.importorskip("transformers")
 
 from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.backends.trace import TraceBackend  # noqa: E402
-
 from ead_sdk.decode import generate  # noqa: E402
 from tests.test_hf_backend import LARGE, SMALL, pair, tiny  # noqa: E402
 
@@ -193,8 +192,8 @@ def test_a_stop_id_out_of_range_is_named() -> None:
 
 
 def test_prompt_files_that_are_not_text_or_too_deep_are_named(tmp_path: Path) -> None:
-    from ead_sdk.cli._app import UserError
-    from ead_sdk.cli.live import read_prompts
+    from ead_sdk.cli.model_commands import read_prompts
+    from ead_sdk.errors import UserError
 
     binary = tmp_path / "p.txt"
     binary.write_bytes(b"\xff\xfe bad\n")

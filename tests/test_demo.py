@@ -293,17 +293,15 @@ def test_the_tokenizer_round_trips_arbitrary_bytes(tok: Any, data: bytes) -> Non
 
 
 def test_the_committed_tokenizer_is_the_script_s(tok: Any) -> None:
-    """The committed tokenizer equals `build_tokenizer()`, and both models carry identical copies of its files."""
+    """The committed tokenizer equals `build_tokenizer()`, and it is stored once (not in the model directories)."""
     from ead_sdk.backends.hf import tokenizer_fingerprint
-
     from ead_sdk.demo.tokenizer import build_tokenizer, check_tokenizer
 
     check_tokenizer(tok)
     assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(build_tokenizer())
     assert (tok.eos_token_id, tok.pad_token_id, len(tok)) == (task.EOS_ID, task.PAD_ID, task.VOCAB_SIZE)
     for d in model_dirs():
-        for f in tokenizer_dir().iterdir():
-            assert (d / f.name).read_bytes() == f.read_bytes(), (d, f.name)
+        assert not [f.name for f in tokenizer_dir().iterdir() if (d / f.name).exists()], d
 
 
 # ------------------------------------------------------------------------------ the task

@@ -10,16 +10,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
-from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ead_sdk.arrays import as_namespace  # noqa: E402
 from ead_sdk.backend import Sampling  # noqa: E402
+from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.decode import generate, stream  # noqa: E402
-from ead_sdk.errors import BackendError, ModelCountError  # noqa: E402
+from ead_sdk.errors import BackendError, ModelCountError, ReplayOnlyPolicyError  # noqa: E402
 from ead_sdk.interface import Policy, Routes, State, Step  # noqa: E402
+from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from ead_sdk.signals import entropy  # noqa: E402
 from ead_sdk.testing.models import tiny_llama  # noqa: E402
 
@@ -322,7 +322,7 @@ def test_bad_input_errors() -> None:
     class Oracle(TokenMod):
         replay_only = True
 
-    with pytest.raises(ModelCountError, match="replay-only"):
+    with pytest.raises(ReplayOnlyPolicyError, match="replay-only"):
         generate(pair(), Oracle(), [[5]], max_new_tokens=2)
 
     broken = tiny(2, 32, seed=5)
@@ -353,3 +353,22 @@ def test_backend_entropy_matches_float64_reference(rows: list[list[float]]) -> N
     np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
     x[0, 0] = np.nan
     assert np.isnan(entropy_of(torch.tensor(x, dtype=torch.float32)).numpy()[0])
+
+
+def test_a_session_owns_its_batch_and_close_releases_it() -> None:
+    from ead_sdk.backend import DecodeRequest
+
+    backend = pair()
+    request = DecodeRequest(prompts=((1, 2, 3), (4, 5)), max_new_tokens=3)
+    lanes = np.arange(2)
+    with backend.start(request) as session:
+        draw = session.forward(0, lanes, 0)
+        other = backend.start(request)  # a second batch does not disturb the first
+        other.forward(1, lanes, 0)
+        session.append(0, draw.token, lanes)
+        session.forward(0, lanes, 1)
+        assert session.caches[0] is not None
+    assert session.caches == [None, None]
+    with pytest.raises(BackendError, match="closed"):
+        session.forward(1, lanes, 1)
+    other.close()

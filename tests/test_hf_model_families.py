@@ -15,13 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
-from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_hf_backend import VOCAB, TokenMod, reference  # noqa: E402
 
+from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.decode import generate  # noqa: E402
+from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 
 torch.set_num_threads(1)
 

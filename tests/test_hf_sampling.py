@@ -8,12 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
-from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ead_sdk.backend import Sampling  # noqa: E402
+from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.decode import generate  # noqa: E402
+from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from ead_sdk.testing.models import tiny_llama  # noqa: E402
 
 VOCAB = 64

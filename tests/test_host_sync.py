@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from ead_sdk.integrations.host_sync import HostSyncError, forbid_host_sync  # noqa: E402
 from ead_sdk.testing.routers import example_spec  # noqa: E402
 
-POLICIES = sorted(ead_sdk.list_policies())
+POLICIES = sorted(ead_sdk.installed_policies())
 
 
 def steps(n: int, vocab: int, count: int, seed: int = 0):

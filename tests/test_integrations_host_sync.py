@@ -14,13 +14,15 @@ torch = pytest.importorskip("torch")
 from ead_sdk.integrations.host_sync import forbid_host_sync  # noqa: E402
 from ead_sdk.testing.routers import example_spec  # noqa: E402
 
-LIVE = sorted(name for name, info in ead_sdk.list_policies().items() if not getattr(info.cls, "replay_only", False))
+LIVE = sorted(
+    name for name, info in ead_sdk.installed_policies().items() if not getattr(info.cls, "replay_only", False)
+)
 N, VOCAB, K = 4, 48, 6
 
 
 def per_lane(name: str, escalation: str) -> ead_sdk.Policy:
     """The policy with every per-lane numeric parameter given as a per-lane array of its default."""
-    cls = ead_sdk.list_policies()[name].cls
+    cls = ead_sdk.installed_policies()[name].cls
     params = {
         p.name: {"per_lane": np.full(N, p.default).tolist()}
         for p in cls.parameters

@@ -199,7 +199,7 @@ def reference_logprobs(out: Any, mask: Any, plen: int, second: bool) -> np.ndarr
     return torch.log_softmax(logits[i, plen - 1 : -1], -1).numpy()
 
 
-@pytest.mark.parametrize("name", sorted(n for n in ead_sdk.list_policies() if n != "oracle"))
+@pytest.mark.parametrize("name", sorted(n for n in ead_sdk.installed_policies() if n != "oracle"))
 def test_the_observer_step_never_syncs_with_the_host(name):
     """Per step, the observer and the policy stay on the device (finish is the one sync)."""
     observer = PolicyObserver(example_spec(name), logprobs="full", param_count=1)
@@ -232,7 +232,7 @@ def test_prompt_padding_is_stripped_without_a_mask():
 def test_misuse_is_refused_clearly():
     with pytest.raises(EadError, match="model_index"):
         PolicyObserver(POLICY, model_index=2)
-    with pytest.raises(EadError, match="replay-only"):
+    with pytest.raises(ead_sdk.ReplayOnlyPolicyError, match="replay-only"):
         PolicyObserver("oracle")
     with pytest.raises(EadError, match="parameter count"):
         PolicyObserver(POLICY, record="x.arrows")
@@ -247,6 +247,21 @@ def test_misuse_is_refused_clearly():
         observer.finish(torch.zeros((1, 6), dtype=torch.long))
     with pytest.warns(UserWarning, match="before finish"):
         run(ids, mask, observer, 0, max_new_tokens=3, eos_token_id=[])
+
+
+def test_finish_honours_the_end_ids_generate_used_not_the_model_config():
+    """generate(eos_token_id=[]) ends no lane, even one that draws the config's end id (1)."""
+    ids, mask = batch([[50, 7]])
+    observer = PolicyObserver(POLICY, model=MODEL)  # the model config says eos 1
+    out = run(ids, mask, observer, 0, max_new_tokens=2, eos_token_id=[])
+    assert out[0, 2:].tolist()[0] == 1  # the model draws the config's end id first...
+    seen = observer.finish(out, attention_mask=mask)
+    assert seen[0].tokens.tolist() == out[0, 2:].tolist() and not seen[0].finished  # ...and goes on
+    # Ended by generate (its own eos 1, padding 0 after it): the lane stops there.
+    observer = PolicyObserver(POLICY, model=MODEL)
+    out = run(ids, mask, observer, 0, max_new_tokens=4, eos_token_id=1)
+    seen = observer.finish(out, attention_mask=mask)
+    assert seen[0].tokens.tolist() == [1] and seen[0].finished and out[0, 3:].tolist() == [0] * (out.shape[1] - 3)
 
 
 def test_a_broken_policy_is_named_in_the_observer_too():

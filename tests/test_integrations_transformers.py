@@ -16,12 +16,12 @@ from ead_sdk.interface import ESCALATIONS
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from transformers import LogitsProcessorList, MinLengthLogitsProcessor  # noqa: E402
 
 import ead_sdk  # noqa: E402
+from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.errors import BackendError  # noqa: E402
 from ead_sdk.integrations import EadGenerateOutput, custom_generate_path, ead_generate  # noqa: E402
 from ead_sdk.testing.models import tiny_llama  # noqa: E402

@@ -91,12 +91,12 @@ def test_process_wide_registry_sees_new_distribution(site):
     make_distribution(site, "shiny-policies", {"eadtest_good": good_plugin()}, {"shiny": "eadtest_good"})
     try:
         ead_sdk.reload_plugins()
-        assert ead_sdk.list_policies()["shiny"].distribution == "shiny-policies"
+        assert ead_sdk.installed_policies()["shiny"].distribution == "shiny-policies"
     finally:
         sys.path.remove(str(site))
         importlib.invalidate_caches()
         ead_sdk.reload_plugins()
-    assert "shiny" not in ead_sdk.list_policies()
+    assert "shiny" not in ead_sdk.installed_policies()
 
 
 def test_broken_import_is_reported_without_hiding_others(site):
@@ -234,7 +234,7 @@ def test_ead_policies_command_lists_distributions():
 
 
 def test_import_does_not_load_torch_or_transformers():
-    code = "import ead_sdk, sys; ead_sdk.list_policies(); assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import ead_sdk, sys; ead_sdk.installed_policies(); assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

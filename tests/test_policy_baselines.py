@@ -6,15 +6,15 @@ import dataclasses
 
 import numpy as np
 import pytest
-from ead_sdk.policies._common import MissingStepFieldError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ead_sdk.errors import MissingStepFieldError
+from ead_sdk.interface import Step
 from ead_sdk.policies.confidence import ConfidencePolicy
 from ead_sdk.policies.fixed import FixedPolicy
 from ead_sdk.policies.oracle import OraclePolicy
 from ead_sdk.policies.random import RandomPolicy
-from hypothesis import given
-from hypothesis import strategies as st
-
-from ead_sdk.interface import Step
 from ead_sdk.prng import uniform
 from ead_sdk.testing import check_policy
 from ead_sdk.testing.strategies import step_batches

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ead_sdk.policies.cost_budget import CostBudgetPolicy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ModelCountError, ParameterError
 from ead_sdk.interface import ESCALATIONS, Step
+from ead_sdk.policies.cost_budget import CostBudgetPolicy
 from ead_sdk.testing import check_policy, run_episode
 from ead_sdk.testing.strategies import episodes
 

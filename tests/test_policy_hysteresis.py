@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from ead_sdk.policies.hysteresis import HysteresisPolicy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import ESCALATIONS, Step
+from ead_sdk.policies.hysteresis import HysteresisPolicy
 from ead_sdk.testing import check_policy, decide_along, dwell_violations, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 

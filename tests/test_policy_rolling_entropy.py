@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from ead_sdk.testing import check_policy, decide_along, dwell_violations, run_episode
 from ead_sdk.testing.strategies import entropy_streams, episodes
 

@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from ead_sdk.policies._common import MissingStepFieldError
-from ead_sdk.policies.top_h import TopHPolicy, top_h_kept
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ead_sdk.errors import MissingStepFieldError
 from ead_sdk.interface import Step
+from ead_sdk.policies.top_h import TopHPolicy, top_h_kept
 from ead_sdk.testing import check_policy
 from ead_sdk.testing.strategies import logits_batches
 

@@ -7,11 +7,11 @@ import dataclasses
 import array_api_compat.numpy as xp
 import numpy as np
 import pytest
-from ead_sdk.policies._common import push_window, window_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ead_sdk
+from ead_sdk.policies._common import push_window, window_history
 
 
 @settings(max_examples=60, deadline=None)

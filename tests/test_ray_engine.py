@@ -15,12 +15,12 @@ from ead_sdk.interface import ESCALATIONS
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'ead-sdk[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ead-sdk[ray]')")
 
-from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ead_sdk import load_policy  # noqa: E402
 from ead_sdk.errors import EadError, ParameterError, TraceError  # noqa: E402
+from ead_sdk.simulators import RayEngine, calibrate, replay, sweep, synthetic_traces  # noqa: E402
 from ead_sdk.traces import compact, write_traces  # noqa: E402
 
 
@@ -72,15 +72,14 @@ def test_ray_sweep_equals_the_local_sweep_exactly(ray_local, tmp_path_factory, s
     batches merged in whatever order they finish) gives the local engine's table exactly."""
     traces = synthetic_traces(17, (0, 60), seed=seed)
     ds = dataset(traces, tmp_path_factory.mktemp("ray") / "ds")
-    local = sweep(traces, "rolling_entropy", GRID, escalation=escalation)
+    base = load_policy({"policy": "rolling_entropy", "escalation": escalation})
+    local = sweep(traces, base, GRID)
     seen = []
     on_ray = sweep(
         ds,
-        "rolling_entropy",
+        base,
         GRID,
-        escalation=escalation,
-        engine="ray",
-        batch_rows=batch_rows,
+        engine=RayEngine(batch_rows=batch_rows),
         progress=lambda done, total: seen.append((done, total)),
     )
     assert same_tables(local.table, on_ray.table)
@@ -91,8 +90,9 @@ def test_ray_sweep_equals_the_local_sweep_exactly(ray_local, tmp_path_factory, s
 def test_ray_sweep_of_a_ladder_from_a_trace_set_in_memory(ray_local):
     traces = synthetic_traces(11, (0, 40), num_models=3, seed=4)
     grid = {"threshold": [[0.4, 1.5], [1.0, 2.2]], "window": [2], "unit": ["nats"]}
-    local = sweep(traces, "rolling_entropy", grid, escalation="retry")
-    on_ray = sweep(traces, "rolling_entropy", grid, escalation="retry", engine="ray", batch_rows=4)
+    base = load_policy({"policy": "rolling_entropy", "escalation": "retry"})
+    local = sweep(traces, base, grid)
+    on_ray = sweep(traces, base, grid, engine=RayEngine(batch_rows=4))
     assert same_tables(local.table, on_ray.table)
     assert on_ray.routellm() == local.routellm()
 
@@ -102,7 +102,7 @@ def test_ray_replay_equals_the_local_replay(ray_local, tmp_path):
     ds = dataset(traces, tmp_path / "ds", rows_per_file=5)
     policy = load_policy({"policy": "hysteresis", "params": {"upper": 1.2, "lower": 0.5, "unit": "nats"}})
     local = replay(traces, policy)
-    on_ray = replay(ds, policy, engine="ray", batch_rows=3)
+    on_ray = replay(ds, policy, engine=RayEngine(batch_rows=3))
     assert on_ray.report() == local.report()
     assert on_ray.summary().keys() == local.summary().keys()
     for k, v in local.summary().items():
@@ -112,7 +112,7 @@ def test_ray_replay_equals_the_local_replay(ray_local, tmp_path):
 def test_ray_replay_of_a_ladder_policy_equals_the_local_replay(ray_local):
     traces = synthetic_traces(7, (0, 30), num_models=3, seed=8)
     policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": [0.6, 1.8], "unit": "nats"}})
-    assert replay(traces, policy, engine="ray", batch_rows=2).report() == replay(traces, policy).report()
+    assert replay(traces, policy, engine=RayEngine(batch_rows=2)).report() == replay(traces, policy).report()
 
 
 def test_ray_replay_with_catch_up_priced_apart_equals_the_local_replay(ray_local):
@@ -123,7 +123,7 @@ def test_ray_replay_with_catch_up_priced_apart_equals_the_local_replay(ray_local
     costs = CostModel.from_seconds_per_token([0.002, 0.02], catchup_seconds=[0.0001, 0.001])
     policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0, "unit": "nats"}})
     local = replay(traces, policy, cost_model=costs)
-    assert replay(traces, policy, cost_model=costs, engine="ray", batch_rows=4).report() == local.report()
+    assert replay(traces, policy, cost_model=costs, engine=RayEngine(batch_rows=4)).report() == local.report()
     flat = CostModel.from_seconds_per_token([0.002, 0.02])
     assert local.report().catchup[1] > 0  # the large model did catch up, so the cheaper price shows
     assert local.report().cost_ratio < replay(traces, policy, cost_model=flat).report().cost_ratio
@@ -141,8 +141,7 @@ def test_ray_calibrate_equals_the_local_calibrate(ray_local):
         points=6,
         rounds=2,
         bounds=(0.0, 3.0),
-        engine="ray",
-        batch_rows=6,
+        engine=RayEngine(batch_rows=6),
     )
     assert (on_ray.value, on_ray.calibration, on_ray.held_out, on_ray.evaluations, on_ray.sequences) == (
         local.value,
@@ -156,16 +155,16 @@ def test_ray_calibrate_equals_the_local_calibrate(ray_local):
 def test_ray_refusals(ray_local, tmp_path):
     traces = synthetic_traces(4, 10, seed=0)
     write_traces(traces, tmp_path / "t.arrow", format="ipc")
-    with pytest.raises(TraceError, match="engine='ray' reads Parquet.*compact"):
-        sweep(tmp_path / "t.arrow", "rolling_entropy", {"threshold": [1.0]}, engine="ray")
+    with pytest.raises(TraceError, match="RayEngine reads Parquet.*compact"):
+        sweep(tmp_path / "t.arrow", "rolling_entropy", {"threshold": [1.0]}, engine=RayEngine())
     with pytest.raises(ParameterError, match="unknown parameter 'thresh'"):
-        sweep(traces, "rolling_entropy", {"thresh": [1.0]}, engine="ray")
+        sweep(traces, "rolling_entropy", {"thresh": [1.0]}, engine=RayEngine())
     per_lane = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0}})
     per_lane = type(per_lane)(threshold=np.array([0.5, 1.0, 1.5, 2.0]))
     with pytest.raises(ParameterError, match="per-lane"):
-        replay(traces, per_lane, engine="ray")
+        replay(traces, per_lane, engine=RayEngine())
     with pytest.raises(EadError, match="lane_sequence"):
-        replay(traces, per_lane, engine="ray", lane_sequence=np.arange(4))
+        replay(traces, per_lane, engine=RayEngine(), lane_sequence=np.arange(4))
 
 
 def test_ray_tasks_record_one_shard_each_and_the_compacted_dataset_replays_on_ray(ray_local, tmp_path):
@@ -175,7 +174,6 @@ def test_ray_tasks_record_one_shard_each_and_the_compacted_dataset_replays_on_ra
 
     def record(directory: str, meta_json: str, seed: int) -> str:
         from ead_sdk.simulators import synthetic_traces
-
         from ead_sdk.traces import ShardedTraceWriter, TraceMeta
 
         meta = TraceMeta.from_json(meta_json)
@@ -188,7 +186,7 @@ def test_ray_tasks_record_one_shard_each_and_the_compacted_dataset_replays_on_ra
     assert len(set(names)) == 3
     out = compact(tmp_path / "rec", tmp_path / "ds")
     grid = {"threshold": [0.5, 1.5], "unit": ["nats"]}
-    on_ray = sweep(out, "rolling_entropy", grid, engine="ray", batch_rows=5)
+    on_ray = sweep(out, "rolling_entropy", grid, engine=RayEngine(batch_rows=5))
     local = sweep(out, "rolling_entropy", grid)
     assert same_tables(local.table, on_ray.table) and on_ray.table.column("sequences").to_pylist() == [12, 12]
 
@@ -203,7 +201,7 @@ def test_ray_workers_check_every_value_like_the_local_reader(ray_local, tmp_path
 
     path = write_traces(TraceSet.from_sequences(traces.meta, seqs), tmp_path / "bad.parquet")
     with pytest.raises(TraceError, match=r"bad.parquet.*field 'entropy'"):
-        sweep(path, "rolling_entropy", {"threshold": [1.0]}, engine="ray")
+        sweep(path, "rolling_entropy", {"threshold": [1.0]}, engine=RayEngine())
 
 
 def test_cli_sweep_engine_ray_prints_the_local_rows(ray_local, tmp_path):

@@ -10,16 +10,18 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from ead_sdk.simulators import Totals, calibrate, replay, sweep, sweep_totals, synthetic_traces
-from ead_sdk.simulators.replay import ReplayData
-from ead_sdk.simulators.sweep import expand_grid
-from ead_sdk.simulators.totals import merge_table, msum, totals_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ead_sdk
 from ead_sdk import load_policy
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.simulators import LocalEngine, RayEngine, Totals, calibrate, replay, sweep, sweep_totals, synthetic_traces
+from ead_sdk.simulators.ray_wire import merge_table, totals_table
+from ead_sdk.simulators.replay import ReplayData
+from ead_sdk.simulators.sweep import expand_grid
+from ead_sdk.simulators.totals import msum
 from ead_sdk.traces import compact, write_traces
 
 
@@ -71,13 +73,14 @@ def test_totals_of_any_batching_equal_the_one_batch_sweep(seed, num_models, esca
     one-batch sweep's figures exactly (no tolerance)."""
     traces = synthetic_traces(12, (0, 40), num_models=num_models, seed=seed)
     grid = GRID if num_models == 2 else LADDER_GRID
-    whole = sweep(traces, "rolling_entropy", grid, escalation=escalation)
+    base = ead_sdk.load_policy({"policy": "rolling_entropy", "escalation": escalation})
+    whole = sweep(traces, base, grid)
     bounds = sorted({0, 12, *cuts})
     configs = expand_grid(grid)
     parts = []
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         data = ReplayData.from_traces(traces.take(np.arange(lo, hi)))
-        parts.append(sweep_totals(data, "rolling_entropy", configs, escalation=escalation, max_lanes=max_lanes))
+        parts.append(sweep_totals(data, base, configs, max_lanes=max_lanes))
     order = np.random.default_rng(order_seed).permutation(len(parts))
     merged = [Totals(num_models) for _ in configs]
     for i in order:  # through Arrow, as the totals travel from Ray workers
@@ -108,7 +111,9 @@ def test_streamed_local_sweep_of_a_dataset_equals_the_in_memory_sweep(tmp_path):
     write_traces(traces, tmp_path / "t.arrow", format="ipc")
     ds = compact(tmp_path / "t.arrow", tmp_path / "ds", rows_per_file=6, row_group_rows=4)
     seen = []
-    streamed = sweep(ds, "rolling_entropy", GRID, batch_rows=5, progress=lambda d, n: seen.append((d, n)))
+    streamed = sweep(
+        ds, "rolling_entropy", GRID, engine=LocalEngine(batch_rows=5), progress=lambda d, n: seen.append((d, n))
+    )
     memory = sweep(traces, "rolling_entropy", GRID)
     for a, b in zip(streamed.table.to_pylist(), memory.table.to_pylist(), strict=True):
         assert same(a, b)
@@ -117,10 +122,17 @@ def test_streamed_local_sweep_of_a_dataset_equals_the_in_memory_sweep(tmp_path):
 
 def test_bad_engines_are_refused():
     traces = synthetic_traces(3, 10, seed=0)
-    with pytest.raises(ParameterError, match="engine must be 'local' or 'ray'"):
+    with pytest.raises(ead_sdk.ArgumentTypeError, match="engine must be a LocalEngine or a RayEngine"):
         sweep(traces, "rolling_entropy", GRID, engine="spark")
+    with pytest.raises(TypeError, match=r"engines are objects now: LocalEngine\(threads=...\)"):
+        replay(traces, "rolling_entropy", engine="ray")
+    for bad in (0, 1.5, True):
+        with pytest.raises(ead_sdk.EngineError, match="batch_rows must be an integer >= 1"):
+            RayEngine(batch_rows=bad)
+        with pytest.raises(ValueError, match="batch_rows must be an integer >= 1"):
+            LocalEngine(batch_rows=bad)
     pol = load_policy({"policy": "rolling_entropy", "params": {"threshold": 1.0}})
-    with pytest.raises(ParameterError, match="dataset path needs engine='ray'"):
+    with pytest.raises(ParameterError, match="dataset path needs a RayEngine"):
         calibrate("/nonexistent", pol, "threshold", target_large_share=0.3)
 
 
@@ -131,4 +143,4 @@ def test_engine_ray_without_ray_installed_says_how_to_get_it(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(RayUnavailableError, match=r"pip install 'ead-sdk\[ray\]'"):
-        sweep(synthetic_traces(2, 5), "rolling_entropy", {"threshold": [1.0]}, engine="ray")
+        sweep(synthetic_traces(2, 5), "rolling_entropy", {"threshold": [1.0]}, engine=RayEngine())

@@ -12,11 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
-from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
-
+from ead_sdk.backends.hf import TransformersBackend, TransformersSession  # noqa: E402
 from ead_sdk.decode import generate  # noqa: E402
 from ead_sdk.errors import TraceError  # noqa: E402
+from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
 from ead_sdk.record_job import record_prompts, stream_path  # noqa: E402
 from ead_sdk.recording import RecordingWarning  # noqa: E402
 from ead_sdk.traces import TraceMeta, TraceWriter, read_traces, write_traces  # noqa: E402
@@ -26,7 +25,7 @@ from tests.test_hf_backend import LARGE, SMALL, tiny  # noqa: E402
 PROMPTS = [[5, 6, 7], [9], [11, 12, 13, 14]]
 
 
-class NaNScoring(TransformersBackend):
+class NaNScoringSession(TransformersSession):
     """The idle model's teacher-forced scoring of lane 1 gives NaN at generated position 2."""
 
     def score(self, model: int, lanes: np.ndarray, generated: Any, k: int) -> Any:
@@ -35,6 +34,14 @@ class NaNScoring(TransformersBackend):
             if lane == 1 and rec.entropy.size > 2:
                 rec.entropy[2] = np.nan
         return recs
+
+
+class NaNScoring(TransformersBackend):
+    """A backend whose batch sessions score lane 1 with a NaN (see `NaNScoringSession`)."""
+
+    def start(self, request: Any) -> NaNScoringSession:
+        super().start(request).close()  # the backend's own request checks
+        return NaNScoringSession(self, request)
 
 
 def test_a_bad_lane_is_reported_and_the_healthy_lanes_are_written(tmp_path: Path) -> None:

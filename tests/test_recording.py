@@ -15,12 +15,11 @@ pytest.importorskip("transformers")
 
 from ead_sdk.backends.hf import TransformersBackend  # noqa: E402
 from ead_sdk.backends.trace import TraceBackend  # noqa: E402
-from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy  # noqa: E402
-
 from ead_sdk.decode import generate, stream  # noqa: E402
 from ead_sdk.errors import BackendError  # noqa: E402
 from ead_sdk.interface import Step  # noqa: E402
+from ead_sdk.policies.fixed import FixedPolicy  # noqa: E402
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy  # noqa: E402
 from ead_sdk.traces import read_traces  # noqa: E402
 from tests.test_hf_backend import LARGE, SMALL, VOCAB, TokenMod  # noqa: E402
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.simulators import fill_ledger, fill_ledger_stepwise, replay, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk import CostLedger, Step, load_policy
 from ead_sdk.errors import ModelCountError
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.policies.fixed import FixedPolicy
+from ead_sdk.simulators import fill_ledger, replay, synthetic_traces
+from ead_sdk.simulators.ledger import fill_ledger_stepwise
 
 POLICIES = [
     {"policy": "rolling_entropy", "params": {"threshold": 0.9, "window": 3, "unit": "nats"}},

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from ead_sdk.backends.trace import TraceBackend
-from ead_sdk.simulators import replay, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ead_sdk
 from ead_sdk import load_policy
+from ead_sdk.backends.trace import TraceBackend
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.simulators import replay, synthetic_traces
 
 SPECS = [
     {"policy": "rolling_entropy", "params": {"threshold": 0.9, "window": 3, "unit": "nats"}},

@@ -7,10 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from ead_sdk.policies.hysteresis import HysteresisPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
-from ead_sdk.simulators import fill_ledger, replay, sweep, synthetic_traces
-from ead_sdk.simulators.replay import default_threads, lane_blocks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +14,10 @@ from ead_sdk import load_policy
 from ead_sdk.cost import CostLedger
 from ead_sdk.errors import EadError, ModelCountError
 from ead_sdk.interface import ESCALATIONS, Policy
+from ead_sdk.policies.hysteresis import HysteresisPolicy
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+from ead_sdk.simulators import LocalEngine, fill_ledger, replay, sweep, synthetic_traces
+from ead_sdk.simulators.replay import default_threads, lane_blocks
 
 engine = sys.modules["ead_sdk.simulators.replay"]
 LEDGER = ("consumed", "steps", "catchup", "wasted", "emitted", "prefill", "used", "switches", "last")
@@ -84,9 +84,9 @@ def test_any_thread_count_gives_the_same_replay(seed, n, tiles, name, escalation
     traces = synthetic_traces(n, (1, 30), k=3, seed=seed, emitter="oracle")
     seq = np.tile(np.arange(n), tiles)
     policy = lane_policy(name, seq.shape[0], np.random.default_rng(seed), escalation)
-    one = replay(traces, policy, lane_sequence=seq, threads=1)
+    one = replay(traces, policy, lane_sequence=seq, engine=LocalEngine(threads=1))
     with tiny_blocks():
-        many = replay(traces, policy, lane_sequence=seq, threads=threads)
+        many = replay(traces, policy, lane_sequence=seq, engine=LocalEngine(threads=threads))
     assert_same_result(one, many)
 
 
@@ -127,9 +127,9 @@ def test_ledger_filled_by_lane_blocks_equals_the_whole_fill(data, lanes, t_max, 
 def test_sweep_threads_give_the_same_table():
     traces = synthetic_traces(6, (5, 40), k=3, seed=4)
     grid = {"threshold": [0.3, 0.8, 1.6], "window": [1, 4]}
-    one = sweep(traces, "rolling_entropy", grid, threads=1)
+    one = sweep(traces, "rolling_entropy", grid, engine=LocalEngine(threads=1))
     with tiny_blocks():
-        two = sweep(traces, "rolling_entropy", grid, threads=2)
+        two = sweep(traces, "rolling_entropy", grid, engine=LocalEngine(threads=2))
     assert one.table.equals(two.table)
 
 
@@ -138,7 +138,7 @@ def test_threads_must_be_a_positive_integer():
     policy = load_policy("rolling_entropy")
     for bad in (0, -1, 1.5, True):
         with pytest.raises(EadError, match="threads must be an integer >= 1"):
-            replay(traces, policy, threads=bad)
+            replay(traces, policy, engine=LocalEngine(threads=bad))
     assert 1 <= default_threads() <= 2
 
 
@@ -162,7 +162,7 @@ class _RouteTooHigh(Policy):
 def test_an_error_names_the_lane_of_the_whole_replay():
     traces = synthetic_traces(8, 6, k=2, seed=1)
     with tiny_blocks(), pytest.raises(ModelCountError, match="routed lane 6 to model 7"):
-        replay(traces, _RouteTooHigh(6), threads=4)
+        replay(traces, _RouteTooHigh(6), engine=LocalEngine(threads=4))
 
 
 def test_lane_sequence_out_of_range_is_refused():

@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-from ead_sdk.simulators import replay, synthetic_traces
 from typer.testing import CliRunner
 
 from ead_sdk.cli import app
@@ -16,6 +15,7 @@ from ead_sdk.cost import CostModel
 from ead_sdk.report import ReportError, TokenizerMismatchError, build_report_data, render_html, write_report
 from ead_sdk.report.data import threshold_lines
 from ead_sdk.report.tokens import ids_decoder, pick_decoder
+from ead_sdk.simulators import replay, synthetic_traces
 from ead_sdk.specs import load_policy
 from ead_sdk.traces import write_traces
 

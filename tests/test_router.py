@@ -6,16 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from ead_sdk.backends.trace import TraceBackend
-from ead_sdk.policies.learned import LearnedPolicy
-from ead_sdk.simulators import calibrate, replay, synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ead_sdk
 from ead_sdk import load_policy
+from ead_sdk.backends.trace import TraceBackend
 from ead_sdk.errors import ParameterError, RouterTrainingError, WeightsIntegrityError
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.policies.learned import LearnedPolicy
 from ead_sdk.router import (
     FeatureSpec,
     RouterNetwork,
@@ -28,6 +27,7 @@ from ead_sdk.router import (
     train_router,
     would_differ,
 )
+from ead_sdk.simulators import calibrate, replay, synthetic_traces
 from ead_sdk.testing import check_policy
 from ead_sdk.traces import TraceSet
 from ead_sdk.traces.schema import SequenceTrace

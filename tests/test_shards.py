@@ -5,11 +5,11 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from ead_sdk.simulators import synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk.errors import TraceError
+from ead_sdk.simulators import synthetic_traces
 from ead_sdk.traces import ShardedTraceWriter, TraceWarning, compact, read_meta, read_traces
 from ead_sdk.traces.shards import default_shard_id, merge_meta
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from ead_sdk.simulators import expand_grid, pareto_frontier, replay, routellm_summary, sweep, synthetic_traces
-from ead_sdk.simulators.replay import ReplayData
-from ead_sdk.simulators.sweep import config_groups, estimate_sweep_bytes, lane_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk import load_policy
-from ead_sdk.cli._app import UserError
 from ead_sdk.cli.offline import parse_grid
-from ead_sdk.errors import ParameterError
+from ead_sdk.errors import ParameterError, UserError
 from ead_sdk.interface import ESCALATIONS
+from ead_sdk.simulators import expand_grid, pareto_frontier, replay, routellm_summary, sweep, synthetic_traces
+from ead_sdk.simulators.replay import ReplayData
+from ead_sdk.simulators.sweep import config_groups, estimate_sweep_bytes, lane_policy
+
+ROLLING = load_policy("rolling_entropy")
 
 
 @settings(max_examples=10)
@@ -30,7 +31,9 @@ def test_sweep_row_equals_a_replay_of_that_configuration(seed, thresholds, windo
     of replaying that configuration alone: lanes never influence each other."""
     traces = synthetic_traces(6, (0, 30), seed=seed)
     result = sweep(
-        traces, "rolling_entropy", {"threshold": thresholds, "window": windows, "unit": ["nats"]}, escalation=escalation
+        traces,
+        {"policy": "rolling_entropy", "escalation": escalation},
+        {"threshold": thresholds, "window": windows, "unit": ["nats"]},
     )
     rows = result.table.to_pylist()
     assert len(rows) == len(thresholds) * len(windows)
@@ -111,10 +114,10 @@ def test_grid_values_are_validated_like_load_policy(value):
         want = load_policy({"policy": "rolling_entropy", "params": {"window": value}}).params["window"]
     except ParameterError as err:
         with pytest.raises(ParameterError) as got:
-            lane_policy("rolling_entropy", [{"window": value}], 1)
+            lane_policy(ROLLING, [{"window": value}], 1)
         assert str(got.value) == str(err)
         return
-    policy = lane_policy("rolling_entropy", [{"window": value}, {"window": 3}], 2)
+    policy = lane_policy(ROLLING, [{"window": value}, {"window": 3}], 2)
     assert policy.params["window"].tolist() == [want, want, 3, 3]
 
 
@@ -141,10 +144,10 @@ def test_the_memory_estimate_covers_what_the_replay_holds(windows, thresholds, u
     traces = synthetic_traces(5, (1, 25), seed=seed)
     data = ReplayData.from_traces(traces)
     configs = expand_grid({"window": windows, "threshold": thresholds, "unit": units})
-    estimate = estimate_sweep_bytes(data, "rolling_entropy", configs)
+    estimate = estimate_sweep_bytes(data, ROLLING, configs)
     held = 0
-    for members in config_groups("rolling_entropy", configs):
-        policy = lane_policy("rolling_entropy", [configs[i] for i in members], data.num_sequences)
+    for members in config_groups(ROLLING, configs):
+        policy = lane_policy(ROLLING, [configs[i] for i in members], data.num_sequences)
         lanes = len(members) * data.num_sequences
         result = replay(data, policy, lane_sequence=np.tile(np.arange(data.num_sequences), len(members)))
         ledger = sum(v.nbytes for v in vars(result.ledger).values() if isinstance(v, np.ndarray))
@@ -155,7 +158,7 @@ def test_the_memory_estimate_covers_what_the_replay_holds(windows, thresholds, u
 
 def test_a_sweep_over_the_memory_budget_is_refused_before_replaying():
     traces = synthetic_traces(4, 20, seed=0)
-    with pytest.raises(ParameterError, match=r"2 configurations x 4 sequences x 20 positions .* engine='ray'"):
+    with pytest.raises(ParameterError, match=r"2 configurations x 4 sequences x 20 positions .* RayEngine"):
         sweep(traces, "rolling_entropy", {"threshold": [0.5, 1.0]}, memory_budget=1000)
     assert sweep(traces, "rolling_entropy", {"threshold": [0.5, 1.0]}, memory_budget=1 << 20).table.num_rows == 2
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from ead_sdk.simulators import synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ead_sdk.signals import topk_entropy_bounds
+from ead_sdk.simulators import synthetic_traces
 from ead_sdk.traces import validate_table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,8 @@ from ead_sdk.interface import Policy
 from ead_sdk.params import Param
 from ead_sdk.signals import entropy
 from ead_sdk.state import mask_state
-from ead_sdk.testing import ConformanceError, check_policy, make_episode, run_episode
+from ead_sdk.testing import ConformanceError, check_policy, make_episode, parametrize_with_checks, run_episode
+from ead_sdk.testing.conformance import CHECKS, TORCH_CHECKS
 from ead_sdk.testing.strategies import entropy_streams, episodes, logits_rows, step_batches
 
 
@@ -192,3 +194,61 @@ def test_run_episode_records_retry_emissions():
     assert np.all(run.emitted[run.live] == 1)
     run = run_episode(Always(), episode)
     assert np.all(run.emitted[0] == 0) and np.all(run.emitted[1:][run.live[1:]] == 1)
+
+
+class NumpyInside(Threshold):
+    """Converts its inputs to numpy: right on numpy, but it would leave the GPU every step."""
+
+    name = "kit_numpy_inside"
+
+    def decide(self, state, step):
+        host = {k: np.asarray(v) for k, v in state.items()}
+        return super().decide(
+            host,
+            replace(step, entropy=np.asarray(step.entropy), live=np.asarray(step.live), model=np.asarray(step.model)),
+        )
+
+
+class SyncsOnHost(Threshold):
+    """Branches in Python on a tensor value: a host sync per step on a GPU."""
+
+    name = "kit_syncs"
+
+    def decide(self, state, step):
+        if bool((step.entropy > 100.0).any()):  # never true, but asking is a sync
+            raise AssertionError("unreachable")
+        return super().decide(state, step)
+
+
+@pytest.mark.parametrize("cls, check", [(NumpyInside, "torch_namespace"), (SyncsOnHost, "host_sync")])
+def test_torch_checks_catch_policies_that_leave_the_device(cls, check):
+    pytest.importorskip("torch")
+    with pytest.raises(ConformanceError, match=repr(check)):
+        check_policy(cls, escalations=("next",))
+
+
+def test_check_policy_reports_every_failing_check_not_just_the_first():
+    class TwoFaults(Mutates):
+        name = "kit_two_faults"
+
+        def routes(self, state, step, xp):
+            return LooksAcrossLanes.routes(self, state, step, xp)
+
+    with pytest.raises(ConformanceError) as info:
+        check_policy(TwoFaults, torch=False)
+    failed = {f.args[0].split(" fails ")[1].split(":")[0] for f in info.value.failures}
+    assert {"'purity'", "'batched_vs_lanes'"} <= failed
+
+
+@parametrize_with_checks([Threshold(threshold=0.8)], lane_variants=[{"threshold": 0.1}, {"threshold": 3.0}])
+def test_each_check_is_its_own_test(policy, check):
+    check(policy)
+
+
+def test_parametrize_with_checks_gives_one_id_per_check():
+    mark = parametrize_with_checks([Threshold(threshold=0.8), (Threshold, {"threshold": 2.0})], torch=False)
+    ids = mark.kwargs["ids"]
+    assert ids[: len(CHECKS) - 4] == [
+        f"kit_threshold-{c}" for c in CHECKS if c not in TORCH_CHECKS + ("lane_variants",)
+    ]
+    assert len(ids) == 2 * (len(CHECKS) - 4) and len(set(ids)) == len(ids) // 2

@@ -11,8 +11,6 @@ import json
 import array_api_compat.numpy as xp
 import numpy as np
 import pytest
-from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +19,8 @@ from ead_sdk import generate
 from ead_sdk.backend import Backend, DecodeRequest, Draw
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import EadError
+from ead_sdk.policies.fixed import FixedPolicy
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 
 STEP = (0.002, 0.020)
 PASS = (0.005, 0.050)
@@ -141,10 +141,10 @@ def test_bad_measurement_options_and_cost_fields_are_refused():
 
 
 def test_calibrate_and_view_take_a_measured_cost_model_file(tmp_path):
-    from ead_sdk.simulators import calibrate, synthetic_traces
     from typer.testing import CliRunner
 
     from ead_sdk.cli import app
+    from ead_sdk.simulators import calibrate, synthetic_traces
     from ead_sdk.specs import load_policy
     from ead_sdk.traces import write_traces
 

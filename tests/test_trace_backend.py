@@ -6,18 +6,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ead_sdk.backends.trace import TraceBackend
-from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
-from ead_sdk.simulators.replay import replay
-from ead_sdk.simulators.synthetic import synthetic_traces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ead_sdk.backends.trace import TraceBackend
 from ead_sdk.cost import CostModel
 from ead_sdk.decode import generate
 from ead_sdk.errors import BackendError
 from ead_sdk.interface import Policy, Step
+from ead_sdk.policies.fixed import FixedPolicy
+from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
+from ead_sdk.simulators.replay import replay
+from ead_sdk.simulators.synthetic import synthetic_traces
 
 
 def reference(policy: Policy, seq: Any, num_models: int, costs: np.ndarray) -> dict[str, Any]:
@@ -132,3 +132,20 @@ def test_trace_backend_limits_and_errors() -> None:
         generate(backend, FixedPolicy(), [[1, 2]])
     with pytest.raises(BackendError, match="TraceMeta"):
         TraceBackend(traces.sequences())
+
+
+def test_start_hands_out_independent_batch_sessions():
+    from ead_sdk.backend import BatchSession, DecodeRequest
+
+    traces = synthetic_traces(3, 6, seed=4)
+    backend = TraceBackend(traces)
+    request = DecodeRequest(prompts=tuple(tuple(p) for p in backend.default_prompts()), max_new_tokens=6)
+    lanes = np.arange(3)
+    with backend.start(request) as first, backend.start(request) as second:
+        assert isinstance(first, BatchSession)
+        a = first.forward(0, lanes, 0)
+        b = second.forward(1, lanes, 0)
+        np.testing.assert_array_equal(a.token, b.token)  # one trajectory, whichever model
+        np.testing.assert_array_equal(b.entropy, [s.entropy[0, 1] for s in traces.sequences()])
+    with pytest.raises(BackendError, match="closed"):
+        first.forward(0, lanes, 1)

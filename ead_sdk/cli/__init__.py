@@ -6,7 +6,7 @@ Every command takes ``--help``; those that report figures take ``--json``. A use
 
 from __future__ import annotations
 
-from ead_sdk.cli import live as _live  # noqa: F401  (registers the live commands)
+from ead_sdk.cli import model_commands as _model_commands  # noqa: F401  (registers the commands that run models)
 from ead_sdk.cli import offline as _offline  # noqa: F401  (registers the offline commands)
 from ead_sdk.cli import router as _router  # noqa: F401  (registers train-router)
 from ead_sdk.cli import traces as _traces  # noqa: F401  (registers ead traces ...)

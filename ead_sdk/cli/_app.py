@@ -29,10 +29,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_MESSAGE = 400  # an error naming a long per-lane array still fits a terminal line or two
 
 
-class UserError(EadError):
-    """A bad command-line argument (a malformed ``--grid``, a missing prompts file...)."""
-
-
 def user_errors(fn: F) -> F:
     """Turn the errors a user can fix into one line on stderr and exit status 1 (no traceback)."""
 

@@ -11,7 +11,8 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from ead_sdk.cli._app import UserError, app, console, default_traces, echo_json, fmt, user_errors
+from ead_sdk.cli._app import app, console, default_traces, echo_json, fmt, user_errors
+from ead_sdk.errors import UserError
 
 TRACES_HELP = "a trace file or Parquet dataset (default: the embedded demo traces)"
 RECOVER_HELP = "read a stream cut short by a crash up to its last complete batch (a warning says how much)"
@@ -117,9 +118,11 @@ def replay(
 @user_errors
 def sweep(
     traces: Path = typer.Argument(None, help=TRACES_HELP, show_default=False),
-    policy: str = typer.Option(..., "--policy", "-p", help="the policy name"),
+    policy: str = typer.Option(..., "--policy", "-p", help="a policy spec: a name, a JSON string or a .json file"),
     grid: list[str] = typer.Option(..., "--grid", "-g", help="NAME=START:STOP:COUNT or NAME=V1,V2 (repeatable)"),
-    escalation: str = typer.Option("next", help="escalation mode of every configuration: next or retry"),
+    escalation: str = typer.Option(
+        None, help="escalation mode of every configuration: next, retry or retry_token (default: the spec's)"
+    ),
     quality: str = typer.Option(
         None,
         help="frontier quality: agreement, loglik_per_token or quality "
@@ -137,11 +140,17 @@ def sweep(
     recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP + " (--engine local)"),
 ) -> None:
     """Replay every configuration of a parameter grid in one batched run: table and Pareto frontier."""
+    from ead_sdk.simulators import LocalEngine, RayEngine
     from ead_sdk.simulators import sweep as run_sweep
+    from ead_sdk.specs import load_policy
     from ead_sdk.traces import read_traces
 
     path = default_traces(traces)
     params = parse_grid(grid)
+    base = load_policy(policy)
+    if escalation is not None:
+        base = load_policy({**base.spec(), "escalation": escalation})
+    escalation, policy = base.escalation, base.name
     if plot is not None:  # checked before the sweep runs
         if plot.suffix.lower() != ".png":
             raise UserError(f"--plot {str(plot)!r}: the frontier plot is a PNG; give a path ending in .png")
@@ -158,17 +167,14 @@ def sweep(
             task = bar.add_task("sweep on Ray (sequences)", total=None)
             result = run_sweep(
                 path,
-                policy,
+                base,
                 params,
-                escalation=escalation,
                 quality=quality,
-                engine="ray",
-                address=address,
-                batch_rows=batch_rows,
+                engine=RayEngine(address=address, batch_rows=batch_rows),
                 progress=lambda done, total: bar.update(task, completed=done, total=total if total >= 0 else None),
             )
     else:
-        result = run_sweep(trace_set, policy, params, escalation=escalation, quality=quality)
+        result = run_sweep(trace_set, base, params, quality=quality, engine=LocalEngine())
     rows = result.table.to_pylist()
     front = {tuple(sorted(r.items())) for r in (_row_key(x) for x in result.frontier.to_pylist())}
     for r in rows:
@@ -187,19 +193,7 @@ def sweep(
             }
         )
         return
-    pcols = [c for c in result.table.column_names if c.startswith("param.")]
-    table = Table(title=f"sweep of {policy} ({escalation}) on {path.name}: {len(rows)} configurations")
-    for col in [*(c[6:] for c in pcols), "large_share", "cost_ratio", quality, "frontier"]:
-        table.add_column(col, justify="right")
-    for r in sorted(rows, key=lambda r: r["cost_ratio"]):
-        table.add_row(
-            *(fmt(r[c]) for c in pcols),
-            fmt(r["large_share"]),
-            fmt(r["cost_ratio"]),
-            fmt(r.get(quality), 4),
-            "*" if r["frontier"] else "",
-        )
-    console.print(table)
+    _print_sweep(result, rows, f"sweep of {policy} ({escalation}) on {path.name}", quality)
     if plot is not None:
         console.print(f"frontier plot: {plot}")
 
@@ -321,3 +315,20 @@ def calibrate(
     )
     if out is not None:
         console.print(f"wrote {out}")
+
+
+def _print_sweep(result: Any, rows: list[dict[str, Any]], title: str, quality: str) -> None:
+    """The sweep's rows as a table, cheapest first, frontier rows starred."""
+    pcols = [c for c in result.table.column_names if c.startswith("param.")]
+    table = Table(title=f"{title}: {len(rows)} configurations")
+    for col in [*(c[6:] for c in pcols), "large_share", "cost_ratio", quality, "frontier"]:
+        table.add_column(col, justify="right")
+    for r in sorted(rows, key=lambda r: r["cost_ratio"]):
+        table.add_row(
+            *(fmt(r[c]) for c in pcols),
+            fmt(r["large_share"]),
+            fmt(r["cost_ratio"]),
+            fmt(r.get(quality), 4),
+            "*" if r["frontier"] else "",
+        )
+    console.print(table)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from ead_sdk.cli._app import UserError, app, console, echo_json, fmt, user_errors
+from ead_sdk.cli._app import app, console, echo_json, fmt, user_errors
+from ead_sdk.errors import UserError
 from ead_sdk.router.features import DEFAULT_FEATURES, FEATURES
 
 

@@ -13,9 +13,9 @@
       python -m ead_sdk.demo.evaluate_pair
 
 The committed weights: ``weights/small`` and ``weights/large`` (``config.json`` +
-``model.safetensors`` + the shared tokenizer files), loadable offline with
+``model.safetensors``) and their shared tokenizer ``weights/tokenizer``, loadable offline with
 ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)`` and
-``AutoTokenizer.from_pretrained(path, local_files_only=True)``.
+``AutoTokenizer.from_pretrained(tokenizer_dir(), local_files_only=True)``.
 
 Importing this package imports neither ``torch`` nor ``transformers``.
 """
@@ -56,7 +56,7 @@ def large_model_dir() -> Path:
 
 
 def tokenizer_dir() -> Path:
-    """The shared tokenizer (the same files are also inside each model directory)."""
+    """The tokenizer both demo models share (kept once, beside the model directories)."""
     return weights_dir() / "tokenizer"
 
 

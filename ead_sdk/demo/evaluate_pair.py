@@ -29,7 +29,6 @@ The figures are measured each time this runs; nothing in ``results.json`` is wri
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -187,69 +186,32 @@ def _confidence_stats(small: dict, mask: np.ndarray) -> dict:
 # ---------------------------------------------------------------- greedy completion
 
 
-def _cache_kw(model) -> str:
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def _line_decoder(models, threshold_nats: float | None):
+    """The SDK's decode loop over ``models`` and the routing rule of ``greedy_line``."""
+    from ead_sdk.backends.hf import TransformersBackend
+    from ead_sdk.policies import FixedPolicy, RollingEntropyPolicy
+
+    backend = TransformersBackend(list(models), device=next(models[0].parameters()).device)
+    if len(models) == 1:
+        return backend, FixedPolicy(model=0)
+    # The large model re-emits exactly the tokens whose small-model entropy exceeds the threshold.
+    return backend, RollingEntropyPolicy(window=1, threshold=threshold_nats, unit="nats", escalation="retry_token")
 
 
-def _cache_of(out):
-    # transformers 5.x names the returned KV cache "cache"; 4.x "past_key_values"
-    return out["cache"] if "cache" in out else out["past_key_values"]
-
-
-class _Stepper:
-    """Incremental next-token logits of one model, with its KV cache."""
-
-    def __init__(self, model, prompt_ids: list[int]):
-        import torch
-
-        self.torch = torch
-        self.model = model
-        self.kw = _cache_kw(model)
-        out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
-        self.cache = _cache_of(out)
-        self.logits = out.logits[0, -1].float()
-
-    def push(self, token: int) -> None:
-        out = self.model(input_ids=self.torch.tensor([[token]]), use_cache=True, **{self.kw: self.cache})
-        self.cache = _cache_of(out)
-        self.logits = out.logits[0, -1].float()
-
-
-def _entropy(logits) -> float:
-    import torch
-
-    lp = torch.log_softmax(logits, -1)
-    return float(-(lp.exp() * lp).sum())
-
-
-def greedy_line(models, prompt: str, threshold_nats: float | None = None, max_new_tokens: int = 128):
+def greedy_line(models, prompt: str, threshold_nats: float | None = None, max_new_tokens: int = 128, decoder=None):
     r"""Greedy completion until ``"\n"``/EOS; returns ``(bytes, n_large_tokens, n_tokens)``.
 
     With one model: that model only. With ``(small, large)`` and ``threshold_nats``: the large
-    model's argmax is emitted wherever the small model's entropy exceeds the threshold.
+    model's argmax is emitted wherever the small model's entropy exceeds the threshold. Runs on
+    the SDK's own decode loop (``decoder``: a ``(backend, policy)`` pair to reuse).
     """
-    import torch
+    from ead_sdk.decode import generate
 
-    ids = task.encode(prompt)
-    with torch.no_grad():
-        steppers = [_Stepper(m, ids) for m in models]
-        out = bytearray()
-        n_large = 0
-        for _ in range(max_new_tokens):
-            use = 0
-            if len(steppers) > 1 and _entropy(steppers[0].logits) > threshold_nats:
-                use = len(steppers) - 1
-            tok = int(steppers[use].logits.argmax())
-            n_large += int(use > 0)
-            if tok >= 256:
-                break
-            out.append(tok)
-            if tok == 10:
-                break
-            for s in steppers:
-                s.push(tok)
-    return bytes(out), n_large, len(out)
+    backend, policy = decoder or _line_decoder(models, threshold_nats)
+    stops = [10, *range(256, backend.vocab_size)]  # a newline ends the line; ids >= 256 are not bytes
+    lane = generate(backend, policy, [task.encode(prompt)], max_new_tokens=max_new_tokens, stop=stops).lanes[0]
+    emitted = [(t, m) for t, m in zip(lane.tokens, lane.models, strict=True) if t < 256]
+    return bytes(t for t, _ in emitted), sum(m > 0 for _, m in emitted), len(emitted)
 
 
 MAX_NEW_TOKENS = 128
@@ -259,8 +221,9 @@ def greedy_scores(models, prompts, threshold_nats: float | None = None):
     """Per-prompt scores (``{metric: array}``) of greedy completions, and the large model's share of their bytes."""
     scores = {m: [] for m in task.METRICS}
     n_large = n_tok = 0
+    decoder = _line_decoder(models, threshold_nats)
     for p in prompts:
-        text, a, b = greedy_line(models, p.prompt, threshold_nats, MAX_NEW_TOKENS)
+        text, a, b = greedy_line(models, p.prompt, threshold_nats, MAX_NEW_TOKENS, decoder=decoder)
         for m in task.METRICS:
             scores[m].append(task.score_completion(p, text, m))
         n_large += a
@@ -338,32 +301,37 @@ def evaluate(
         res["greedy_completion"][cut] = gen
 
     if live_routing:
-        prompts = task.load_eval_prompts(n_prompts, cut="half")
-        base = res["greedy_completion"]["half"]
-        live: dict = {
-            "cut": "half",
-            "note": "greedy; at each position the large model's argmax is emitted when the small "
-            "model's entropy there exceeds the threshold (the teacher-forced X% quantile); "
-            "both models are run at every step; an illustration, not an SDK policy",
-        }
-        for key, r in res["teacher_forced"]["route_top_entropy_to_large"].items():
-            thr = r["entropy_threshold_bits"] * LN2
-            scores, share = greedy_scores([small, large], prompts, threshold_nats=thr)
-            summ = _summary(scores)
-            live[key] = {
-                "entropy_threshold_bits": r["entropy_threshold_bits"],
-                "large_share_of_emitted_bytes": round(share, 4),
-                **summ,
-                **{
-                    f"{m}_gap_recovered": _ratio(summ[m] - base["small"][m], base["large"][m] - base["small"][m])
-                    for m in task.METRICS
-                },
-            }
-            log(f"  live routing at the {key} threshold: {live[key]}")
-        res["live_per_token_routing"] = live
+        res["live_per_token_routing"] = _live_routing(res, small, large, n_prompts, log)
     res["per_prompt"] = per
     res["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
     return res
+
+
+def _live_routing(res: dict, small, large, n_prompts: int, log) -> dict:
+    """Greedy completion routed live at each teacher-forced entropy threshold of ``res``."""
+    prompts = task.load_eval_prompts(n_prompts, cut="half")
+    base = res["greedy_completion"]["half"]
+    live: dict = {
+        "cut": "half",
+        "note": "greedy; at each position the large model's argmax is emitted when the small "
+        "model's entropy there exceeds the threshold (the teacher-forced X% quantile): "
+        "rolling_entropy with window 1 and escalation retry_token on the SDK's decode loop",
+    }
+    for key, r in res["teacher_forced"]["route_top_entropy_to_large"].items():
+        thr = r["entropy_threshold_bits"] * LN2
+        scores, share = greedy_scores([small, large], prompts, threshold_nats=thr)
+        summ = _summary(scores)
+        live[key] = {
+            "entropy_threshold_bits": r["entropy_threshold_bits"],
+            "large_share_of_emitted_bytes": round(share, 4),
+            **summ,
+            **{
+                f"{m}_gap_recovered": _ratio(summ[m] - base["small"][m], base["large"][m] - base["small"][m])
+                for m in task.METRICS
+            },
+        }
+        log(f"  live routing at the {key} threshold: {live[key]}")
+    return live
 
 
 def _describe(model) -> dict:

@@ -44,7 +44,7 @@ def record(out: str | Path, n: int = SEQUENCES, *, max_new_tokens: int = 48, bat
     from ead_sdk.decode import generate
     from ead_sdk.traces import TraceSet, read_traces, write_traces
 
-    from .live import evaluate_live, load_backend, set_threads
+    from .live_eval import evaluate_live, load_backend, set_threads
 
     set_threads()
     backend = load_backend()

@@ -46,7 +46,7 @@ import hashlib
 import os
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import numpy as np
@@ -182,9 +182,6 @@ class EvalPrompt:
     prompt: str
     target: str
     prefix: str = ""  # the part of the line inside the prompt ("" with cut="line")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def stdlib_dir() -> str:

@@ -23,8 +23,8 @@ selected standard-library file except the 20 held-out ones:
 AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear warm-up then cosine decay to 10%,
 gradient clipping at 1.0, batches of random 320-byte windows (so a 200-byte prompt plus its
 next line stays inside the trained context). Each model is saved with ``save_pretrained``
-(``config.json`` + ``model.safetensors``, fp32) together with the shared tokenizer files and a
-``train_meta.json`` recording the recipe, the corpus fingerprint and the measured time.
+(``config.json`` + ``model.safetensors``, fp32) with a ``train_meta.json`` recording the recipe,
+the corpus fingerprint and the measured time; the shared tokenizer is saved once, in ``tokenizer/``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -130,21 +129,29 @@ def _lr_at(step: int, r: ModelRecipe) -> float:
     return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _save(model, out_dir: str, tokenizer_dir: str, meta: dict) -> None:
+def _save(model, out_dir: str, meta: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
     kwargs = {}
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
         kwargs["safe_serialization"] = True  # transformers 4.x; 5.x always writes safetensors
     model.save_pretrained(out_dir, **kwargs)
-    for fn in sorted(os.listdir(tokenizer_dir)):
-        shutil.copyfile(os.path.join(tokenizer_dir, fn), os.path.join(out_dir, fn))
     with open(os.path.join(out_dir, "train_meta.json"), "w") as fh:
         json.dump(meta, fh, indent=2, sort_keys=True)
         fh.write("\n")
 
 
-def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int = 100) -> dict:
-    """Train one model from its recipe, save it with the tokenizer to ``out_dir``, return its metadata."""
+def _optimizer(model, r: ModelRecipe):
+    """AdamW with weight decay on matrices only."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=r.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def train_one(r: ModelRecipe, out_dir: str, log_every: int = 100) -> dict:
+    """Train one model from its recipe, save it to ``out_dir``, return its metadata."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -152,14 +159,7 @@ def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int =
     model = LlamaForCausalLM(llama_config(r))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=r.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    opt = _optimizer(model, r)
     print(
         f"[{r.name}] layers {r.num_hidden_layers} x {r.hidden_size} wide, "
         f"{n_params:,} parameters, {r.steps} steps of {r.batch_size} x {r.seq_len} bytes",
@@ -203,7 +203,7 @@ def train_one(r: ModelRecipe, out_dir: str, tokenizer_dir: str, log_every: int =
         "history": history,
         "command": " ".join(["python -m ead_sdk.demo.train"] + sys.argv[1:]),
     }
-    _save(model, out_dir, tokenizer_dir, meta)
+    _save(model, out_dir, meta)
     print(f"[{r.name}] saved to {out_dir} after {elapsed:.0f}s", flush=True)
     return meta
 
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     for name in ("small", "large"):
         if args.only and name != args.only:
             continue
-        train_one(recipes[name], os.path.join(out, name), tok_dir, log_every=args.log_every)
+        train_one(recipes[name], os.path.join(out, name), log_every=args.log_every)
     return 0
 
 

@@ -6,8 +6,7 @@ transformers; the first use of a name does.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from ead_sdk.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "PolicyObserver": "ead_sdk.integrations.observe",
@@ -17,20 +16,9 @@ _EXPORTS = {
     "EadGenerateOutput": "ead_sdk.integrations.transformers",
     "custom_generate_path": "ead_sdk.integrations.transformers",
     "forbid_host_sync": "ead_sdk.integrations.host_sync",
-    "HostSyncError": "ead_sdk.integrations.host_sync",
+    "HostSyncError": "ead_sdk.errors",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ead_sdk.integrations' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

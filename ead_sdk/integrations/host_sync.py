@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ead_sdk.errors import EadError
+from ead_sdk.errors import HostSyncError
 
 # Tensor operations that copy a value to the host, or whose output shape depends on values.
 SYNCING_OPS = frozenset(
@@ -62,10 +62,6 @@ def _device_to_host(src: Any, dst: Any) -> bool:
     src_type = getattr(getattr(src, "device", None), "type", "cpu")
     dst_type = getattr(getattr(dst, "device", None), "type", "cpu")
     return src_type != "cpu" and dst_type == "cpu"
-
-
-class HostSyncError(EadError):
-    """Code that must stay on the device asked for a value on the host."""
 
 
 @contextmanager

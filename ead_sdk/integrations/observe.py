@@ -15,6 +15,7 @@ entropy is that of the model's raw distribution, as in `ead_sdk.generate`.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from transformers import LogitsProcessor
 from ead_sdk.backend import LogprobRequest
 from ead_sdk.backends.hf import entropy_of
 from ead_sdk.decision import decide_checked
-from ead_sdk.errors import BackendError, EadError
+from ead_sdk.errors import ArgumentTypeError, BackendError, ObserverError, ReplayOnlyPolicyError
 from ead_sdk.interface import Policy, Step
 from ead_sdk.specs import load_policy
 
@@ -110,7 +111,8 @@ class PolicyObserver(LogitsProcessor):
             `ead_sdk.traces.TraceWriter` with one model); ``None`` to keep results in memory only.
         record_k: top-k log-probabilities recorded per position (for a path).
         logprobs: what `Step.logprobs` holds for the policy: top-``k``, ``"full"`` or ``None``.
-        eos_token_id: end-of-sequence id(s) ending a lane (default: the model's generation config).
+        eos_token_id: end-of-sequence id(s) ending a lane (default: those of the observed
+            ``generate`` call, which may override the model's generation config).
         pad_token_id: the padding id stripped from the left of prompts when `finish` gets no
             attention mask (default: the model's generation config).
         tokenizer: the tokenizer, for the trace's tokenizer fingerprint (optional).
@@ -141,18 +143,21 @@ class PolicyObserver(LogitsProcessor):
     ):
         self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
         if getattr(self.policy, "replay_only", False):
-            raise EadError(f"policy {self.policy.name!r} reads replay-only look-ahead and cannot observe live decoding")
+            raise ReplayOnlyPolicyError(
+                f"policy {self.policy.name!r} reads replay-only look-ahead and cannot observe live decoding"
+            )
         if isinstance(model_index, bool) or not isinstance(model_index, int) or not 0 <= model_index < num_models:
-            raise EadError(f"model_index must be an integer in [0, {num_models}), got {model_index!r}")
+            raise ObserverError(f"model_index must be an integer in [0, {num_models}), got {model_index!r}")
         self.policy.check_models(num_models)
         bad_k = isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 1
         if logprobs is not None and logprobs != "full" and bad_k:
-            raise EadError(f"logprobs must be None, 'full' or an integer >= 1, got {logprobs!r}")
+            raise ObserverError(f"logprobs must be None, 'full' or an integer >= 1, got {logprobs!r}")
         if isinstance(record_k, bool) or not isinstance(record_k, int) or record_k < 0:
-            raise EadError(f"record_k must be an integer >= 0, got {record_k!r}")
+            raise ObserverError(f"record_k must be an integer >= 0, got {record_k!r}")
         self.model_index, self.num_models = model_index, num_models
         self.logprobs, self.record_k = logprobs, record_k
         gen = getattr(model, "generation_config", None)
+        self._eos_given = eos_token_id is not None
         if eos_token_id is None and gen is not None:
             eos_token_id = gen.eos_token_id
         if pad_token_id is None and gen is not None:
@@ -170,12 +175,14 @@ class PolicyObserver(LogitsProcessor):
         if record is not None and not isinstance(record, (str, os.PathLike)):
             meta = getattr(record, "meta", None)
             if meta is None or not callable(getattr(record, "write", None)):
-                raise EadError(f"record must be a path or a TraceWriter, got {type(record).__name__}")
+                raise ArgumentTypeError(f"record must be a path or a TraceWriter, got {type(record).__name__}")
             if meta.num_models != 1:
-                raise EadError(f"the observer writes single-model traces; the TraceWriter has {meta.num_models} models")
+                raise ObserverError(
+                    f"the observer writes single-model traces; the TraceWriter has {meta.num_models} models"
+                )
             self._writer, self.record_k = record, int(meta.k)
         elif record is not None and (param_count is None or param_count < 1):
-            raise EadError("recording a trace needs the model's parameter count: pass model= or param_count=")
+            raise ObserverError("recording a trace needs the model's parameter count: pass model= or param_count=")
         self._run: _Run | None = None
         self._sequences = 0
 
@@ -191,7 +198,7 @@ class PolicyObserver(LogitsProcessor):
                     stacklevel=2,
                 )
             state = self.policy.init_state(int(input_ids.shape[0]), torch, input_ids.device)
-            run = self._run = _Run(input_ids, state, self.eos)
+            run = self._run = _Run(input_ids, state, self._run_eos())
         n, t = run.n, run.steps
         if t > 0:  # the token drawn at the previous step is now the last column
             tok = input_ids[:, -1]
@@ -243,13 +250,13 @@ class PolicyObserver(LogitsProcessor):
         """
         run = self._run
         if run is None or run.steps == 0:
-            raise EadError("PolicyObserver.finish: no generate call was observed (is it in logits_processor?)")
+            raise ObserverError("PolicyObserver.finish: no generate call was observed (is it in logits_processor?)")
         seq = getattr(output, "sequences", output)
         if not isinstance(seq, torch.Tensor) or seq.ndim != 2 or seq.shape[0] != run.n:
-            raise EadError(f"PolicyObserver.finish: expected the ({run.n}, length) ids generate returned")
+            raise ObserverError(f"PolicyObserver.finish: expected the ({run.n}, length) ids generate returned")
         total = int(seq.shape[1]) - run.plen
         if total < 1 or total > run.steps or not torch.equal(seq[:, : run.plen].to(run.device), run.prompt):
-            raise EadError(
+            raise ObserverError(
                 f"PolicyObserver.finish: these sequences are not the observed call's "
                 f"({run.steps} steps observed after a {run.plen}-token prompt, got length {seq.shape[1]})"
             )
@@ -270,7 +277,7 @@ class PolicyObserver(LogitsProcessor):
         mask = None if attention_mask is None else np.asarray(attention_mask.cpu().numpy()[:, : run.plen], bool)
         vocab = int(run.last_lp.shape[-1])
         self._run = None
-        eos = self.eos.numpy()
+        eos = run.eos.cpu().numpy()
         lanes = []
         for i in range(run.n):
             ends = np.flatnonzero(np.isin(host["gen"][i], eos))
@@ -289,6 +296,20 @@ class PolicyObserver(LogitsProcessor):
             self._write(lanes, host, vocab)
         return Observation(lanes=tuple(lanes), model_index=self.model_index)
 
+    def _run_eos(self) -> torch.Tensor:
+        """The end-of-sequence ids of the ``generate`` call now starting.
+
+        Those given to the observer; else those ``generate`` was called with (read once per call
+        from its generation config: ``generate(eos_token_id=[])`` ends no lane); else the model's.
+        """
+        if self._eos_given:
+            return self.eos
+        config = _calling_generation_config()
+        if config is None:
+            return self.eos
+        ids = getattr(config, "eos_token_id", None)
+        return torch.as_tensor(np.atleast_1d(np.asarray([] if ids is None else ids, np.int64)))
+
     def _prompt(self, row: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         if mask is not None:
             return row[mask]
@@ -302,7 +323,7 @@ class PolicyObserver(LogitsProcessor):
 
         writer = self._writer or self._open(vocab)
         if int(writer.meta.vocab_size) != vocab:
-            raise EadError(f"the trace writer's vocabulary is {writer.meta.vocab_size}; the scores have {vocab}")
+            raise ObserverError(f"the trace writer's vocabulary is {writer.meta.vocab_size}; the scores have {vocab}")
         for i, lane in enumerate(lanes):
             t = lane.tokens.size
             top = {}
@@ -362,3 +383,18 @@ class PolicyObserver(LogitsProcessor):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _calling_generation_config() -> Any:
+    """The generation config of the ``generate`` call running this processor, if one is on the stack.
+
+    A logits processor is handed only ids and scores; the ids that end a lane are in the config
+    that ``generate`` prepared (its own arguments over the model's defaults), a local of its frames.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        config = frame.f_locals.get("generation_config")
+        if config is not None and hasattr(config, "eos_token_id") and hasattr(config, "max_new_tokens"):
+            return config
+        frame = frame.f_back
+    return None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ead_sdk.errors import RouterTrainingError
-from ead_sdk.interface import ESCALATIONS, RETRYING
+from ead_sdk.escalation import ESCALATIONS, rule
 from ead_sdk.router.features import FeatureSpec, trace_features
 from ead_sdk.router.labels import check_unknown, label_positions
 from ead_sdk.router.network import INLINE_LIMIT, RouterNetwork, save_weights
@@ -265,7 +265,7 @@ def train_router(
         )
     if features is None:
         features = FeatureSpec(k=max(2, min(8, int(traces.meta.k))))
-    offset = 0 if escalation in RETRYING else 1
+    offset = 0 if rule(escalation).retries else 1  # a retried decision changes its own position
     x, y, seq = position_dataset(traces, features, label=label, p=p, offset=offset, max_unknown=max_unknown)
     split = split_sequences(len(traces), valid, test, seed)
     parts = {name: np.isin(seq, getattr(split, name)) for name in ("train", "valid", "test")}

@@ -9,32 +9,46 @@ session) imports this package, so the names below load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ead_sdk.lazy_exports import lazy_exports
 
 if TYPE_CHECKING:
-    from ead_sdk.testing.conformance import CHECKS, ConformanceError, ConformanceReport, check_policy
+    from ead_sdk.testing.conformance import (
+        CHECKS,
+        POLICY_CHECKS,
+        CheckOptions,
+        ConformanceError,
+        ConformanceReport,
+        check_policy,
+        parametrize_with_checks,
+    )
     from ead_sdk.testing.dwell import dwell_violations
     from ead_sdk.testing.episodes import Episode, EpisodeRun, decide_along, make_episode, run_episode, to_namespace
     from ead_sdk.testing.models import tiny_llama
 
 _WHERE = {
-    "CHECKS": "conformance",
-    "ConformanceError": "conformance",
-    "ConformanceReport": "conformance",
-    "check_policy": "conformance",
-    "Episode": "episodes",
-    "EpisodeRun": "episodes",
-    "decide_along": "episodes",
-    "dwell_violations": "dwell",
-    "make_episode": "episodes",
-    "run_episode": "episodes",
-    "to_namespace": "episodes",
-    "tiny_llama": "models",
+    "CHECKS": "ead_sdk.testing.conformance",
+    "POLICY_CHECKS": "ead_sdk.testing.conformance",
+    "CheckOptions": "ead_sdk.testing.conformance",
+    "parametrize_with_checks": "ead_sdk.testing.conformance",
+    "ConformanceError": "ead_sdk.testing.conformance",
+    "ConformanceReport": "ead_sdk.testing.conformance",
+    "check_policy": "ead_sdk.testing.conformance",
+    "Episode": "ead_sdk.testing.episodes",
+    "EpisodeRun": "ead_sdk.testing.episodes",
+    "decide_along": "ead_sdk.testing.episodes",
+    "make_episode": "ead_sdk.testing.episodes",
+    "run_episode": "ead_sdk.testing.episodes",
+    "to_namespace": "ead_sdk.testing.episodes",
+    "tiny_llama": "ead_sdk.testing.models",
+    "dwell_violations": "ead_sdk.testing.dwell",
 }
 
 __all__ = [
     "CHECKS",
+    "POLICY_CHECKS",
+    "CheckOptions",
     "ConformanceError",
     "ConformanceReport",
     "Episode",
@@ -43,13 +57,10 @@ __all__ = [
     "decide_along",
     "dwell_violations",
     "make_episode",
+    "parametrize_with_checks",
     "run_episode",
     "tiny_llama",
     "to_namespace",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"ead_sdk.testing.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'ead_sdk.testing' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

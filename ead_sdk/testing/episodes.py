@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ead_sdk.arrays import as_namespace, to_numpy
-from ead_sdk.interface import RETRYING, Policy, State, Step
+from ead_sdk.escalation import rule
+from ead_sdk.interface import Policy, State, Step
 from ead_sdk.signals import entropy
 
 
@@ -241,8 +242,7 @@ def run_episode(
         r = np.asarray(to_numpy(routes), dtype=np.int64)
         live = step_np.live
         routes_all[t], models_all[t], live_all[t] = r, model, live
-        retrying = policy.escalation in RETRYING
-        emit = np.where((r > model) & retrying, r, model)
-        emitted[t] = np.where(live, emit, -1)
-        model = np.where(live, np.minimum(r, model) if policy.escalation == "retry_token" else r, model)
+        escalation = rule(policy.escalation)
+        emitted[t] = np.where(live, escalation.emitter(r, model), -1)
+        model = np.where(live, escalation.next_model(r, model), model)
     return EpisodeRun(routes_all, models_all, emitted, live_all, {k: to_numpy(v) for k, v in state.items()})

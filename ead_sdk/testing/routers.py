@@ -2,7 +2,7 @@
 
 Most policies load by name with their defaults; `learned` needs a trained network. `example_spec`
 gives it a small seeded one (random weights over the default features, k = 4), so a test that
-loops over `list_policies()` can run it like the others.
+loops over `installed_policies()` can run it like the others.
 """
 
 from __future__ import annotations

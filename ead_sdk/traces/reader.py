@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from ead_sdk.errors import TraceError
+from ead_sdk.errors import TraceError, TraceWarning
 from ead_sdk.traces.integrity import check_batch, has_checksums
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
@@ -34,10 +34,6 @@ def _short(exc: BaseException) -> str:
     """A damaged file's error in one line (pyarrow's messages can run to several)."""
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-class TraceWarning(UserWarning):
-    """A trace was read only in part (a truncated or unterminated stream)."""
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:

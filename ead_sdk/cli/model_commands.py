@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ead_sdk import strict_json
-from ead_sdk.cli._app import UserError, app, console, echo_json, err_console, fmt, to_json, user_errors
-from ead_sdk.demo.run import DEFAULT_PROMPTS, FRONTIER_TARGETS, FULL_PROMPTS
-from ead_sdk.errors import EadError
+from ead_sdk.cli._app import app, console, echo_json, err_console, fmt, to_json, user_errors
+from ead_sdk.demo.frontier import DEFAULT_PROMPTS, FRONTIER_TARGETS, FULL_PROMPTS
+from ead_sdk.errors import EadError, UserError
 
 MODELS_HELP = "the small and the large model (local paths; default: the embedded demo pair)"
 MODEL_STYLES = ("cyan", "bold magenta", "bold yellow", "bold red")
@@ -33,7 +33,7 @@ def _models(models: tuple[str, str] | None) -> list[str] | None:
 
 
 def _backend(models: tuple[str, str] | None, threads: int | None) -> Any:
-    from ead_sdk.demo.live import load_backend, set_threads
+    from ead_sdk.demo.live_eval import load_backend, set_threads
 
     set_threads(threads)
     return load_backend(_models(models))
@@ -285,8 +285,8 @@ def eval_(
 ) -> None:
     """Live quality vs cost of policies on the demo task, against small-only and large-only."""
     from ead_sdk.demo import task
-    from ead_sdk.demo.live import evaluate_live
-    from ead_sdk.demo.run import DemoRow, relative_measures
+    from ead_sdk.demo.frontier import DemoRow, relative_measures
+    from ead_sdk.demo.live_eval import evaluate_live
     from ead_sdk.specs import load_policy
 
     if prompts < 1:
@@ -405,7 +405,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="print the figures as JSON instead of the table"),
 ) -> None:
     """The embedded demo: calibrate on the shipped traces, evaluate every policy live, plot the frontier."""
-    from ead_sdk.demo.run import PAPER_FIGURE, best_row, plot_frontier, run_demo
+    from ead_sdk.demo.frontier import PAPER_FIGURE, best_row, plot_frontier, run_demo
 
     if prompts < 1:
         raise UserError("--prompts must be at least 1")

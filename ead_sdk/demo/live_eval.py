@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.cost import CostReport
+from ead_sdk.cost import CostReport, sum_reports
 from ead_sdk.interface import Policy
 
 from . import task
 
 MAX_NEW_TOKENS = 48
-# Measured on the demo pair (2-core CPU, 32 prompts, rolling_entropy with retry): batch 1-2 took
-# 2.5 s, 4 took 3.3 s, 16 took 10 s, 32 took 16 s. Every model's KV cache spans the whole batch,
-# and a catch-up pass pads the lanes it does not serve, so routed batches grow padded caches.
+# Small batches decode the demo pair fastest (timings: docs/limitations.md): every model's KV
+# cache spans the whole batch, and a catch-up pass pads the lanes it does not serve, so routed
+# batches grow padded caches.
 BATCH = 2
 TOP_K = 8
 
@@ -42,13 +42,19 @@ def load_backend(models: Sequence[str | os.PathLike[str]] | None = None) -> Any:
 
     from ead_sdk.backends.hf import TransformersBackend
 
-    from . import model_dirs
+    from . import model_dirs, tokenizer_dir
 
     hf_logging.disable_progress_bar()  # a bar per checkpoint shard would interleave with ours
 
     paths = [os.fspath(p) for p in (models or model_dirs())]
     names = [os.path.basename(os.path.normpath(p)) for p in paths]
-    return TransformersBackend(paths, names=names)
+    tokenizer = None
+    if {os.path.realpath(p) for p in paths} <= {os.path.realpath(d) for d in model_dirs()}:
+        from transformers import AutoTokenizer
+
+        # The demo models share one tokenizer, stored once beside them.
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(), local_files_only=True)
+    return TransformersBackend(paths, tokenizer=tokenizer, names=names)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,6 @@ def evaluate_live(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt))
     texts: list[str] = [""] * len(prompts)
     reports: list[CostReport] = []
-    large_cost = 1.0
     for start in range(0, len(order), batch):
         idx = order[start : start + batch]
         res = generate(
@@ -103,55 +108,12 @@ def evaluate_live(
         for i, lane in zip(idx, res.lanes, strict=True):
             texts[i] = task.decode(lane.tokens)
         reports.append(res.report)
-        large_cost = float(res.cost_model.costs[-1])
+        cost_model = res.cost_model
         if progress is not None:
             progress(len(idx))
     per_prompt = {
         m: tuple(task.score_completion(p, t, m) for p, t in zip(prompts, texts, strict=True)) for m in task.METRICS
     }
     quality = {m: float(np.mean(v)) for m, v in per_prompt.items()}
-    report = sum_reports(reports, large_cost)
+    report = sum_reports(reports, cost_model)
     return LiveScore(quality=quality, report=report, completions=tuple(texts), per_prompt=per_prompt)
-
-
-def sum_reports(reports: Sequence[CostReport], large_cost: float) -> CostReport:
-    """The report of several batches' lanes together: counts add, shares and ratios are recomputed.
-
-    ``large_cost`` is the largest model's cost per token (the denominator of ``cost_ratio``).
-    """
-    first = reports[0]
-
-    def add(name: str) -> tuple[int, ...]:
-        return tuple(int(sum(vals)) for vals in zip(*(getattr(r, name) for r in reports), strict=True))
-
-    emitted = add("emitted")
-    tokens = sum(r.tokens for r in reports)
-    cost = float(sum(r.cost for r in reports))
-    return CostReport(
-        tokens=tokens,
-        emitted=emitted,
-        forwards=add("forwards"),
-        catchup=add("catchup"),
-        wasted=add("wasted"),
-        prefill=add("prefill"),
-        switches=sum(r.switches for r in reports),
-        large_share=emitted[-1] / tokens if tokens else 0.0,
-        cost=cost,
-        cost_ratio=cost / (large_cost * tokens) if tokens else 0.0,
-        unit=first.unit,
-        **_batch_sums(reports),
-    )
-
-
-def _batch_sums(reports: Sequence[CostReport]) -> dict[str, Any]:
-    """The batches' forward-pass counts added up (what `CostModel.predict_seconds` reads), when every batch has them."""
-    if not all(r.passes for r in reports):
-        return {}
-    add = lambda name: tuple(int(sum(v)) for v in zip(*(getattr(r, name) for r in reports), strict=True))  # noqa: E731
-    return {
-        "passes": add("passes"),
-        "pass_tokens": add("pass_tokens"),
-        "catchup_passes": add("catchup_passes"),
-        "decode_steps": sum(r.decode_steps for r in reports),
-        "large_prefill": sum(r.large_prefill for r in reports),
-    }

@@ -188,6 +188,20 @@ def default_workers() -> int:
     return max(1, min(2, cores))
 
 
+def _machine(backend: Any, threads: int) -> dict[str, Any]:
+    """Where the demo ran: platform, torch version, threads and device."""
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "device": str(backend.device),
+    }
+
+
 def run_demo(
     n: int = DEFAULT_PROMPTS,
     *,
@@ -212,7 +226,7 @@ def run_demo(
     """
     from ead_sdk.traces import read_traces
 
-    from .live import evaluate_live, load_backend, set_threads
+    from .live_eval import evaluate_live, load_backend, set_threads
     from .record_traces import default_traces_path
 
     t0 = time.perf_counter()
@@ -256,10 +270,6 @@ def run_demo(
         for cal, (score, seconds) in zip(jobs, runs, strict=True)
     ]
     relative_measures(rows)
-    import platform
-
-    import torch
-
     return {
         "task": "complete the held-out line (ead_sdk.demo.task, cut='half'), greedy, stop at newline",
         "prompts": len(prompts),
@@ -271,13 +281,7 @@ def run_demo(
         "trace_sequences": len(trace_set),
         "models": list(backend.model_names),
         "param_counts": list(backend.param_counts),
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": used_threads,
-            "workers": used_workers,
-            "device": str(backend.device),
-        },
+        "machine": {**_machine(backend, used_threads), "workers": used_workers},
         "seconds": {"calibration": t_cal, "total": time.perf_counter() - t0},
         "rows": [r.__dict__ for r in rows],
     }
@@ -327,14 +331,14 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(events: Any, threads: int) -> None:
     """A pool process: one torch thread, the demo pair loaded once."""
-    from .live import load_backend, set_threads
+    from .live_eval import load_backend, set_threads
 
     set_threads(threads)
     _WORKER.update(events=events, backend=load_backend())
 
 
 def _worker_run(job: int, spec: dict[str, Any], n: int, options: dict[str, Any]) -> tuple[Any, float]:
-    from .live import evaluate_live
+    from .live_eval import evaluate_live
 
     events = _WORKER["events"]
     events.put(("start", job, 0))
