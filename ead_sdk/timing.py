@@ -106,24 +106,24 @@ def _time_model(
     lanes = np.arange(prompts.shape[0])
     total = 1 + sum(order)
     rows = tuple(tuple(int(v) for v in p) for p in prompts)
-    backend.start(DecodeRequest(prompts=rows, max_new_tokens=total, logprobs=logprobs))
+    session = backend.start(DecodeRequest(prompts=rows, max_new_tokens=total, logprobs=logprobs))
     try:
-        draw = backend.forward(model, lanes, 0)  # the prefill pass, not timed
+        draw = session.forward(model, lanes, 0)  # the prefill pass, not timed
         to_numpy(draw.token)
-        backend.append(0, draw.token, lanes)
+        session.append(0, draw.token, lanes)
         pos = 1
         for w in order:
             for _ in range(w - 1):  # tokens this model misses, as while another model emits
-                backend.append(pos, draw.token, lanes)
+                session.append(pos, draw.token, lanes)
                 pos += 1
             start = time.perf_counter()
-            draw = backend.forward(model, lanes, pos)
+            draw = session.forward(model, lanes, pos)
             to_numpy(draw.token)  # the decode loop's host sync: the pass has finished
             times[w].append(time.perf_counter() - start)
-            backend.append(pos, draw.token, lanes)
+            session.append(pos, draw.token, lanes)
             pos += 1
     finally:
-        backend.close()
+        session.close()
 
 
 def measure_forward_times(
@@ -203,28 +203,35 @@ def loop_overhead(
     """Median seconds per decode step that the loop spends outside ``backend.forward`` with ``policy``."""
     from ead_sdk.decode import generate
 
-    forward = backend.forward
     spent = [0.0]
+    start_batch = backend.start
 
-    def timed(model: int, lanes: np.ndarray, position: int) -> Any:
-        start = time.perf_counter()
-        draw = forward(model, lanes, position)
-        to_numpy(draw.token)
-        spent[0] += time.perf_counter() - start
-        return draw
+    def start(request: DecodeRequest) -> Any:  # time each pass of the sessions the loop opens
+        session = start_batch(request)
+        forward = session.forward
+
+        def timed(model: int, lanes: np.ndarray, position: int) -> Any:
+            begin = time.perf_counter()
+            draw = forward(model, lanes, position)
+            to_numpy(draw.token)
+            spent[0] += time.perf_counter() - begin
+            return draw
+
+        session.forward = timed  # an instance attribute of this session only
+        return session
 
     per_step = []
-    backend.forward = timed  # type: ignore[method-assign]  # an instance attribute, removed below
+    backend.start = start  # type: ignore[method-assign]  # an instance attribute, removed below
     try:
         for _ in range(repeats + 1):
             spent[0] = 0.0
-            start = time.perf_counter()
+            begin = time.perf_counter()
             result = generate(backend, policy, prompts.tolist(), max_new_tokens=tokens, logprobs=logprobs)
-            wall = time.perf_counter() - start
+            wall = time.perf_counter() - begin
             steps = max(len(lane.tokens) for lane in result.lanes)
             per_step.append(max(wall - spent[0], 0.0) / max(steps, 1))
     finally:
-        del backend.forward
+        del backend.start
     return float(np.median(per_step[1:]))
 
 

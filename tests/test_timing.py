@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import ead_sdk.timing as timing
 from ead_sdk import generate
-from ead_sdk.backend import Backend, DecodeRequest, Draw
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import EadError
 from ead_sdk.policies.fixed import FixedPolicy
@@ -48,18 +48,25 @@ class SimulatedPair(Backend):
     vocab_size = 50
     xp = xp
 
-    def start(self, request: DecodeRequest) -> None:
+    def start(self, request: DecodeRequest) -> SimulatedSession:
+        return SimulatedSession(self, request)
+
+
+class SimulatedSession(BatchSession):
+    def __init__(self, owner: SimulatedPair, request: DecodeRequest):
+        self.owner = owner
         self.plen = np.array([len(p) for p in request.prompts])
         self.consumed = np.zeros((2, request.n), np.int64)
 
     def forward(self, model: int, lanes: np.ndarray, position: int) -> Draw:
+        o = self.owner
         end = self.plen[lanes] + position
         width = int((end - self.consumed[model, lanes]).max())
         self.consumed[model, lanes] = end
-        self.clock.now += STEP[model] if width == 1 else PASS[model] + (width - 1) * PER_TOKEN[model]
-        self.passes.append((model, width))
-        entropy = self.rng.uniform(0.0, 3.0, lanes.size)
-        return Draw(entropy=entropy, token=self.rng.integers(0, 50, lanes.size))
+        o.clock.now += STEP[model] if width == 1 else PASS[model] + (width - 1) * PER_TOKEN[model]
+        o.passes.append((model, width))
+        entropy = o.rng.uniform(0.0, 3.0, lanes.size)
+        return Draw(entropy=entropy, token=o.rng.integers(0, 50, lanes.size))
 
     def append(self, position: int, tokens, lanes: np.ndarray) -> None:
         pass

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from ead_sdk.cli._app import UserError, app, console, default_traces, echo_json, user_errors
+from ead_sdk.cli._app import app, console, default_traces, echo_json, user_errors
 from ead_sdk.cli.offline import TRACES_HELP, load_cost_model, parse_grid
+from ead_sdk.errors import UserError
 
 
 @app.command()

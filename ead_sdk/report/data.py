@@ -129,13 +129,13 @@ def default_sweep_grid(traces: TraceSet, spec: Mapping[str, Any], points: int = 
     return grid
 
 
-def sweep_section(traces: TraceSet, policy_name: str, grid: dict, escalation: str) -> dict[str, Any]:
-    """Sweep ``grid`` of ``policy_name``: every configuration's cost, quality and frontier membership."""
+def sweep_section(traces: TraceSet, spec: Mapping[str, Any], grid: dict) -> dict[str, Any]:
+    """Sweep ``grid`` of the policy ``spec``: every configuration's cost, quality and frontier membership."""
     from ead_sdk.simulators import sweep
 
     labelled = "correct" in traces.table.column_names and traces.table.column("correct").null_count < len(traces)
     quality = "quality" if labelled else "agreement"
-    result = sweep(traces, policy_name, grid, escalation=escalation, quality=quality)
+    result = sweep(traces, dict(spec), grid, quality=quality)
     rows = result.table.to_pylist()
     keys = [c for c in result.table.column_names if c.startswith("param.")]
     front = {tuple(r[k] for k in keys) for r in result.frontier.to_pylist()}
@@ -152,7 +152,8 @@ def sweep_section(traces: TraceSet, policy_name: str, grid: dict, escalation: st
                 "frontier": tuple(r[k] for k in keys) in front,
             }
         )
-    return {"policy": policy_name, "escalation": escalation, "quality": quality, "points": _finite_points(points)}
+    escalation = spec.get("escalation", "next")
+    return {"policy": spec["policy"], "escalation": escalation, "quality": quality, "points": _finite_points(points)}
 
 
 def _finite_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,7 +210,7 @@ def build_report_data(
     first = policies[0].spec()
     grid = default_sweep_grid(traces, first) if sweep_grid is None else sweep_grid
     if grid:
-        data["sweep"] = sweep_section(traces, first["policy"], grid, first.get("escalation", "next"))
+        data["sweep"] = sweep_section(traces, first, grid)
     return data
 
 
