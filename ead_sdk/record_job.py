@@ -21,6 +21,7 @@ from typing import Any
 from ead_sdk.backend import Backend, Sampling
 from ead_sdk.errors import BackendError, TraceError
 from ead_sdk.interface import Policy
+from ead_sdk.recording import recording_meta
 
 STREAM_SUFFIX = ".arrows"
 
@@ -134,28 +135,6 @@ def _open_stream(out: Path, meta: Any) -> Any:
         ) from None
 
 
-def _meta(backend: Backend, policy: Policy, k: int, max_new_tokens: int, stop: Sequence[str]) -> Any:
-    from ead_sdk.traces import FORMAT_VERSION, TraceMeta
-
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= backend.vocab_size:
-        raise BackendError(f"k must be an integer in [0, {backend.vocab_size}], got {k!r}")
-    return TraceMeta(
-        format_version=FORMAT_VERSION,
-        model_names=backend.model_names,
-        param_counts=backend.param_counts,
-        vocab_size=backend.vocab_size,
-        tokenizer_fingerprint=backend.tokenizer_fingerprint,
-        k=k,
-        generation={
-            "sampling": Sampling().as_dict(),
-            "max_new_tokens": max_new_tokens,
-            "stop": list(stop),
-            "policy": policy.spec(),
-            "recorded_by": "ead record",
-        },
-    )
-
-
 def _record_batch(
     backend: Backend,
     policy: Policy,
@@ -208,7 +187,18 @@ def record_prompts(
     out = Path(out)
     if out.exists() and not overwrite:
         raise TraceError(f"{out} already exists (pass --overwrite to replace it)")
-    writer = _open_stream(out, _meta(backend, policy, k, max_new_tokens, stop))
+    writer = _open_stream(
+        out,
+        recording_meta(
+            backend,
+            policy,
+            k=k,
+            sampling=Sampling(),
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            recorded_by="ead record",
+        ),
+    )
     outcome = RecordOutcome(None, writer.path, len(prompts))
     kw = {"max_new_tokens": max_new_tokens, "stop": list(stop), "record_k": k}
     signals = _Signals()

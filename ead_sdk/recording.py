@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ead_sdk.backend import Backend, BatchSession, DecodeRequest
+from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport
 from ead_sdk.errors import BackendError, RecordingWarning, TraceError
 from ead_sdk.interface import Policy
+
+if TYPE_CHECKING:
+    from ead_sdk.traces import TraceMeta
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,39 @@ def _first_bad(
     return (int(hits[0][0]), int(hits[0][1])) if hits.size else None
 
 
+def recording_meta(
+    backend: Backend,
+    policy: Policy,
+    *,
+    k: int,
+    sampling: Sampling,
+    max_new_tokens: int,
+    stop: Sequence[str],
+    recorded_by: str,
+    k_name: str = "k",
+) -> TraceMeta:
+    """The trace metadata of a recording by ``policy`` over ``backend``'s models, keeping top-``k``."""
+    from ead_sdk.traces import FORMAT_VERSION, TraceMeta
+
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= backend.vocab_size:
+        raise BackendError(f"{k_name} must be an integer in [0, {backend.vocab_size}], got {k!r}")
+    return TraceMeta(
+        format_version=FORMAT_VERSION,
+        model_names=backend.model_names,
+        param_counts=backend.param_counts,
+        vocab_size=backend.vocab_size,
+        tokenizer_fingerprint=backend.tokenizer_fingerprint,
+        k=k,
+        generation={
+            "sampling": sampling.as_dict(),
+            "max_new_tokens": max_new_tokens,
+            "stop": list(stop),
+            "policy": policy.spec(),
+            "recorded_by": recorded_by,
+        },
+    )
+
+
 class LiveRecorder:
     """Collects one batch's per-position signals and writes finished sequences to a writer."""
 
@@ -66,25 +103,18 @@ class LiveRecorder:
     @classmethod
     def open(cls, record: Any, backend: Backend, policy: Policy, request: DecodeRequest, k: int = 0) -> LiveRecorder:
         """A recorder writing to ``record``: a path (a new trace stream) or a `TraceWriter`."""
-        from ead_sdk.traces import FORMAT_VERSION, TraceMeta, TraceWriter
+        from ead_sdk.traces import TraceWriter
 
         if isinstance(record, (str, os.PathLike)):
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= backend.vocab_size:
-                raise BackendError(f"record_k must be an integer in [0, {backend.vocab_size}], got {k!r}")
-            meta = TraceMeta(
-                format_version=FORMAT_VERSION,
-                model_names=backend.model_names,
-                param_counts=backend.param_counts,
-                vocab_size=backend.vocab_size,
-                tokenizer_fingerprint=backend.tokenizer_fingerprint,
+            meta = recording_meta(
+                backend,
+                policy,
                 k=k,
-                generation={
-                    "sampling": request.sampling.as_dict(),
-                    "max_new_tokens": request.max_new_tokens,
-                    "stop": list(request.stop),
-                    "policy": policy.spec(),
-                    "recorded_by": "ead_sdk.generate",
-                },
+                sampling=request.sampling,
+                max_new_tokens=request.max_new_tokens,
+                stop=request.stop,
+                recorded_by="ead_sdk.generate",
+                k_name="record_k",
             )
             return cls(TraceWriter(record, meta, batch_rows=max(request.n, 1)), backend, owns_writer=True)
         meta = getattr(record, "meta", None)
