@@ -19,7 +19,7 @@ import numpy as np
 from ead_sdk.arrays import to_numpy
 from ead_sdk.backend import Backend, DecodeRequest
 from ead_sdk.cost import CostModel
-from ead_sdk.errors import EadError
+from ead_sdk.errors import CostModelError
 
 DEFAULT_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16)
 """Tokens per timed pass: 1 is a decode step; more is a catch-up of ``width - 1`` tokens plus the step."""
@@ -169,9 +169,9 @@ def measure_forward_times(
     """
     widths = tuple(int(w) for w in widths)
     if not widths or any(w < 1 for w in widths):
-        raise EadError(f"widths must be integers >= 1, got {widths!r}")
+        raise CostModelError(f"widths must be integers >= 1, got {widths!r}")
     if batch < 1 or prompt_len < 1 or repeats < 1 or warmup < 0:
-        raise EadError("batch, prompt_len and repeats must be >= 1 and warmup >= 0")
+        raise CostModelError("batch, prompt_len and repeats must be >= 1 and warmup >= 0")
     rng = np.random.default_rng(seed)
     prompts = rng.integers(0, backend.vocab_size, size=(batch, prompt_len))
     times: list[dict[int, list[float]]] = [{w: [] for w in widths} for _ in range(backend.num_models)]
@@ -242,10 +242,10 @@ def combine_timings(runs: Sequence[ForwardTimings]) -> ForwardTimings:
     the measurement under the same load as that work (what ``benchmarks/decode_overhead.py`` does).
     """
     if not runs:
-        raise EadError("no timings to combine")
+        raise CostModelError("no timings to combine")
     first = runs[0]
     if any(r.names != first.names or r.widths != first.widths or r.batch != first.batch for r in runs):
-        raise EadError("only timings of the same models, widths and batch size combine")
+        raise CostModelError("only timings of the same models, widths and batch size combine")
     seconds = tuple(
         tuple(float(np.median([r.seconds[m][i] for r in runs])) for i in range(len(first.widths)))
         for m in range(len(first.names))

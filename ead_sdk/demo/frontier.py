@@ -238,10 +238,7 @@ def run_demo(
     t_cal = time.perf_counter() - t0
     backend = load_backend()
     prompts = task.load_eval_prompts(n)
-    jobs = calibrated + extra
-    labels = [
-        f"{c.label} ({c.spec.get('escalation', 'next')})" + (f" at {c.target:g}" if c in extra else "") for c in jobs
-    ]
+    jobs, labels = calibrated + extra, _job_labels(calibrated + extra, extra)
     used_workers = min(workers or default_workers(), len(jobs))
     options = {"batch": batch, "max_new_tokens": max_new_tokens}
     if used_workers > 1:
@@ -285,6 +282,13 @@ def run_demo(
         "seconds": {"calibration": t_cal, "total": time.perf_counter() - t0},
         "rows": [r.__dict__ for r in rows],
     }
+
+
+def _job_labels(jobs: list[Calibrated], extra: list[Calibrated]) -> list[str]:
+    """Progress labels: the policy, its escalation, and the share of a curve-only run."""
+    return [
+        f"{c.label} ({c.spec.get('escalation', 'next')})" + (f" at {c.target:g}" if c in extra else "") for c in jobs
+    ]
 
 
 def _evaluate_in_processes(

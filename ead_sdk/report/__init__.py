@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ead_sdk.errors import ReportError, TokenizerMismatchError
 from ead_sdk.interface import Policy
-from ead_sdk.report.data import DEFAULT_MAX_SEQUENCES, ReportError, build_report_data
+from ead_sdk.report.data import DEFAULT_MAX_SEQUENCES, build_report_data
 from ead_sdk.report.page import render_html, write_html
-from ead_sdk.report.tokens import TokenizerMismatchError, pick_decoder
+from ead_sdk.report.tokens import pick_decoder
 from ead_sdk.traces import TraceSet
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ead_sdk.errors import EadError
+from ead_sdk.errors import ReportError
 from ead_sdk.interface import Policy
 from ead_sdk.traces import TraceSet
 
@@ -24,10 +24,6 @@ THRESHOLD_PARAMS = ("threshold", "upper", "lower")
 DEFAULT_MAX_SEQUENCES = 500
 """Sequences whose tokens a report embeds by default (the cost summary covers the whole trace)."""
 DEFAULT_SWEEP_POINTS = 24
-
-
-class ReportError(EadError, ValueError):
-    """A report cannot be built from the given trace, policies or options."""
 
 
 def _round(values: np.ndarray, digits: int = 4) -> list[Any]:

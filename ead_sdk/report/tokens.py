@@ -6,14 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ead_sdk.errors import EadError
+from ead_sdk.errors import ReportError, TokenizerMismatchError
 from ead_sdk.traces.schema import TraceMeta
 
 Decode = Callable[..., Any]
-
-
-class TokenizerMismatchError(EadError, ValueError):
-    """The tokenizer given for a report is not the one the trace was recorded with."""
 
 
 def ids_decoder(ids: list[int], joined: bool) -> Any:
@@ -28,7 +24,7 @@ def _load(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise EadError(f"--tokenizer {path}: not a tokenizer directory ({exc})") from None
+        raise ReportError(f"--tokenizer {path}: not a tokenizer directory ({exc})") from None
 
 
 def tokenizer_decoder(path: Path, meta: TraceMeta, *, strict: bool) -> tuple[Decode, str] | None:
