@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -127,6 +128,7 @@ class TransformersBackend(Backend):
     ):
         if isinstance(models, (str, bytes)) or not isinstance(models, Sequence) or len(models) == 0:
             raise BackendError("TransformersBackend needs a list of models (objects or local paths), smallest first")
+        models = [os.fspath(m) if isinstance(m, os.PathLike) else m for m in models]  # pathlib paths too
         if isinstance(dtype, str):
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
                 raise BackendError(f"dtype {dtype!r} is not a torch dtype")

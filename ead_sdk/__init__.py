@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ead_sdk.arrays import as_namespace, namespace
 from ead_sdk.backend import Backend, BatchSession, DecodeRequest, Draw, RowRecord, Sampling
 from ead_sdk.cost import CostLedger, CostModel, CostReport, sum_reports
 from ead_sdk.decode import DecodeStream, GenerateResult, LaneResult, TokenEvent, generate, stream
@@ -30,6 +31,7 @@ from ead_sdk.errors import (
     PluginError,
     PluginWarning,
     PolicyError,
+    RayConnectionError,
     RayUnavailableError,
     RecordingWarning,
     ReplayOnlyPolicyError,
@@ -103,6 +105,7 @@ __all__ = [
     "PolicyInfo",
     "PolicyRegistry",
     "REQUIRED",
+    "RayConnectionError",
     "RayUnavailableError",
     "RecordingWarning",
     "ReplayOnlyPolicyError",
@@ -125,6 +128,7 @@ __all__ = [
     "UnknownPolicyError",
     "UserError",
     "WeightsIntegrityError",
+    "as_namespace",
     "concat_states",
     "entropy",
     "from_nats",
@@ -135,6 +139,7 @@ __all__ = [
     "lane_count",
     "load_policy",
     "mask_state",
+    "namespace",
     "plugin_problems",
     "reload_plugins",
     "save_policy",

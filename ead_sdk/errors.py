@@ -135,6 +135,10 @@ class HostSyncError(EadError):
     """Code that must stay on the device asked for a value on the host."""
 
 
+class RayConnectionError(EadError, ConnectionError):
+    """The Ray cluster named by ``address`` could not be joined (unreachable, or its token refused)."""
+
+
 class RouterTrainingError(EadError, ValueError):
     """Traces that cannot train or label a learned router (k too small, too few sequences...)."""
 

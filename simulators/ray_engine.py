@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from ead_sdk.cost import CostModel
-from ead_sdk.errors import EadError, ParameterError, RayUnavailableError, TraceError
+from ead_sdk.errors import EadError, ParameterError, RayConnectionError, RayUnavailableError, TraceError
 from ead_sdk.interface import Policy
 from ead_sdk.simulators.ray_wire import error_table, merge_table, totals_table
 from ead_sdk.simulators.totals import Totals
@@ -42,6 +42,10 @@ Source = TraceSet | str | os.PathLike[str]
 def connect(address: str | None = None) -> ModuleType:
     """Import Ray and join (or start) a cluster; an already initialised Ray is reused as is.
 
+    Joining a cluster presents this machine's Ray token when there is one (a head started by
+    ``ray start`` with a token refuses clients without it); a cluster that cannot be joined
+    raises `RayConnectionError` saying what to set.
+
     Args:
         address: ``"auto"``, ``"ray://host:10001"``, ``"host:6379"``... (default: ``RAY_ADDRESS``
             when set, else a local instance on this machine's CPUs).
@@ -52,8 +56,74 @@ def connect(address: str | None = None) -> ModuleType:
     except ImportError as exc:
         raise RayUnavailableError(f"RayEngine needs Ray Data: pip install 'ead-sdk[ray]' ({exc})") from None
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        joining = address is not None or bool(os.environ.get("RAY_ADDRESS"))
+        if joining:
+            _use_token_auth_if_available()
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            ray.shutdown()  # a half-made connection would be "reused as is" by the next call
+            if not joining:
+                raise
+            raise RayConnectionError(_connection_message(address, exc)) from None
     return ray
+
+
+RAY_TOKEN_HELP = (
+    "a cluster started by `ray start` with a token (recent Ray turns token authentication on whenever "
+    "one exists, e.g. ~/.ray/auth_token on the head node) admits only clients that present it: set "
+    "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or the file ~/.ray/auth_token; "
+    "`ray get-auth-token` on the head node prints it)"
+)
+
+
+def _ray_token_available() -> bool:
+    """Whether this process can present a Ray authentication token (the places Ray looks, in its order)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).expanduser().is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+
+
+def _use_token_auth_if_available() -> None:
+    """Present the local token to the cluster being joined, as Ray itself does for ``address="auto"``.
+
+    Ray only turns token mode on by itself for a cluster it finds on this machine; with an explicit
+    address a client without ``RAY_AUTH_MODE=token`` is refused by a cluster started with a token. A
+    token sent to a cluster without authentication is ignored, so presenting it is always safe. An
+    explicit ``RAY_AUTH_MODE`` is respected as given.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None or not _ray_token_available():
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray caches its configuration; refresh it so that this process sees token mode
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except (ImportError, AttributeError):  # a Ray without token authentication: nothing to refresh
+        pass
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (Ray wraps its authentication error twice)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _connection_message(address: str | None, exc: BaseException) -> str:
+    where = address or os.environ.get("RAY_ADDRESS")
+    reason = " ".join(str(exc).split())[:300]
+    auth = any(type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e) for e in _chain(exc))
+    if auth:
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        return f"the Ray cluster at {where} refused this client's token (RAY_AUTH_MODE={mode}): {RAY_TOKEN_HELP}"
+    return (
+        f"cannot connect to the Ray cluster at {where} ({type(exc).__name__}: {reason}); is it started "
+        f"(`ray start --head`) and reachable from here? If it uses token authentication: {RAY_TOKEN_HELP}"
+    )
 
 
 def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
@@ -79,7 +149,7 @@ def trace_dataset(source: Source | Any, columns: Sequence[str] | None = None):
 
     from ead_sdk.traces.reader import _dataset_files, detect_format, read_meta
 
-    path = Path(source)
+    path = Path(source).absolute()  # Ray's workers do not share the driver's current directory
     fmt = detect_format(path)
     if fmt not in ("parquet", "parquet-dataset"):
         raise TraceError(

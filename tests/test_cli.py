@@ -102,9 +102,14 @@ def test_every_command_has_help(command: str) -> None:
     result = ead(command, "--help")
     assert result.exit_code == 0, result.output
     assert f"Usage: ead {command}" in result.stdout
-    if command not in ("record",):
-        assert "--json" in result.stdout
+    assert "--json" in result.stdout  # every command that reports figures has it (docs/quickstart.md says so)
     assert "--help" in result.stdout
+
+
+def test_sweep_help_names_every_escalation_mode() -> None:
+    text = " ".join(ead("sweep", "--help").stdout.split())
+    for mode in ESCALATIONS:
+        assert mode in text, mode
 
 
 def test_root_help_lists_every_command() -> None:
@@ -418,6 +423,19 @@ def test_generate_prints_the_text_then_the_cost_report(pair: list[str]) -> None:
     assert "return os.path." in result.stdout
     assert "models: small  large" in result.stdout and "policy: fixed" in result.stdout
     assert "large share 0.000" in result.stdout and "cost ratio" in result.stdout
+    assert "large model: 0 decode steps for 6 tokens (large alone: 6, 100% fewer)" in result.stdout
+
+
+def test_generate_reports_the_large_models_decode_steps(pair: list[str]) -> None:
+    """The steps line is the report's own figures: large forwards minus its catch-up tokens."""
+    spec = json.dumps({"policy": "rolling_entropy", "params": {"window": 1, "threshold": 1.0}})
+    data = ok_json(ead("generate", "--models", *pair, "--policy", spec, "--max-new-tokens", 24, "--json", PROMPT))
+    rep = data["report"]
+    steps = rep["forwards"][1] - rep["catchup"][1]
+    assert steps == rep["emitted"][1] + rep["wasted"][1]  # every large step emitted a token or was a wasted retry
+    text = ead("generate", "--models", *pair, "--policy", spec, "--max-new-tokens", 24, PROMPT).stdout
+    assert f"large model: {steps} decode steps for {rep['tokens']} tokens" in " ".join(text.split())
+    assert f"plus {rep['catchup'][1]} tokens read in catch-up passes" in " ".join(text.split())
 
 
 def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_path: Path) -> None:
@@ -448,6 +466,20 @@ def test_record_writes_a_trace_that_validates_and_replays(pair: list[str], tmp_p
     assert data["summary"]["sequences"] == 3 and data["summary"]["tokens"] == 18
     again = ead("record", "--models", *pair, "--prompts", pfile, "--out", out)
     assert_user_error(again, "record", "already exists", "--overwrite")
+    data = ok_json(ead("record", "--prompts", pfile, "--out", out, "--max-new-tokens", 4, "--overwrite", "--json"))
+    traces = read_traces(out)
+    assert data == {
+        "out": str(out),
+        "prompts": 3,
+        "sequences": 3,
+        "tokens": traces.num_tokens,
+        "models": ["small", "large"],
+        "param_counts": list(traces.meta.param_counts),
+        "k": 8,
+        "policy": jsonable(load_policy("fixed").spec()),
+        "problems": [],
+        "interrupted": None,
+    }
 
 
 def eval_rows_are_consistent(rows: list[dict[str, Any]]) -> None:

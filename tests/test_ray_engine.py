@@ -109,6 +109,15 @@ def test_ray_replay_equals_the_local_replay(ray_local, tmp_path):
         assert on_ray.summary()[k] == v or (math.isnan(v) and math.isnan(on_ray.summary()[k])), k
 
 
+def test_a_relative_dataset_path_is_read_from_the_callers_directory(ray_local, tmp_path, monkeypatch):
+    """Ray's workers run elsewhere: the driver resolves a relative path before handing it over."""
+    traces = synthetic_traces(9, (0, 30), seed=4)
+    dataset(traces, tmp_path / "ds", rows_per_file=4)
+    monkeypatch.chdir(tmp_path)
+    policy = load_policy({"policy": "rolling_entropy", "params": {"window": 2, "threshold": 1.0, "unit": "nats"}})
+    assert replay("ds", policy, engine="ray", batch_rows=4).report() == replay(traces, policy).report()
+
+
 def test_ray_replay_of_a_ladder_policy_equals_the_local_replay(ray_local):
     traces = synthetic_traces(7, (0, 30), num_models=3, seed=8)
     policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": [0.6, 1.8], "unit": "nats"}})

@@ -97,6 +97,7 @@ def record(
     batch: int = typer.Option(16, min=1, help="prompts decoded together"),
     threads: int = typer.Option(None, min=1, help="torch threads (default 1)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output (no progress bar)"),
 ) -> None:
     """Decode prompts live and record every model's signals along the trajectory (teacher-forced).
 
@@ -112,7 +113,7 @@ def record(
     pol = load_policy(policy)
     backend = _backend(models, threads)
     stops = [s.replace("\\n", "\n") for s in stop]
-    with _bar(False) as bar:
+    with _bar(as_json) as bar:
         task = bar.add_task("recording", total=len(texts))
         res = record_prompts(
             backend,
@@ -126,14 +127,16 @@ def record(
             overwrite=overwrite,
             progress=lambda done: bar.advance(task, done),
         )
-    _report_recording(res)
+    if as_json:
+        echo_json(_record_figures(res, pol))
+    _report_recording(res, as_json)
 
 
-def _report_recording(res: Any) -> None:
+def _report_recording(res: Any, as_json: bool = False) -> None:
     """Say what was written and where; a stopped run exits 130/143, one with lost prompts 1."""
     for index, problem in res.problems:
         err_console.print(f"[yellow]warning:[/yellow] prompt {index} not recorded: {problem}", soft_wrap=True)
-    if res.out is not None:
+    if res.out is not None and not as_json:
         console.print(f"wrote {res.sequences} sequences, {res.tokens} tokens to {res.out}", soft_wrap=True)
     if res.interrupted:
         where = f"kept the {res.sequences} finished sequences in {res.out}" if res.out else "no sequence had finished"
@@ -145,6 +148,25 @@ def _report_recording(res: Any) -> None:
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _record_figures(res: Any, policy: Any) -> dict[str, Any]:
+    """What ``ead record --json`` prints: the file written, what it holds, and what was not recorded."""
+    from ead_sdk.traces import read_meta
+
+    meta = read_meta(res.out) if res.out is not None else None
+    return {
+        "out": None if res.out is None else str(res.out),
+        "prompts": res.prompts,
+        "sequences": res.sequences,
+        "tokens": res.tokens,
+        "models": None if meta is None else list(meta.model_names),
+        "param_counts": None if meta is None else list(meta.param_counts),
+        "k": None if meta is None else meta.k,
+        "policy": policy.spec(),
+        "problems": [{"prompt": i, "problem": str(p)} for i, p in res.problems],
+        "interrupted": res.interrupted,
+    }
 
 
 @app.command()
@@ -196,6 +218,21 @@ def generate(
         f"tokens {rep.tokens}  large share {rep.large_share:.3f}  cost ratio {rep.cost_ratio:.3f}  "
         f"switches {rep.switches}  emitted {list(rep.emitted)}  forwards {list(rep.forwards)}  "
         f"wasted {list(rep.wasted)}  finish {lane.finish_reason}"
+    )
+    console.print(large_steps_line(rep))
+
+
+def large_steps_line(rep: Any) -> str:
+    """The figure routing is for: the large model's sequential decode steps against large-only's.
+
+    The parameter-count ``cost ratio`` counts catch-up tokens like decode steps, so it stays near 1
+    even when the large model decodes far fewer tokens; this line shows the steps themselves.
+    """
+    steps = rep.forwards[-1] - rep.catchup[-1]
+    saved = 1.0 - steps / rep.tokens if rep.tokens else 0.0
+    return (
+        f"large model: {steps} decode steps for {rep.tokens} tokens (large alone: {rep.tokens}, "
+        f"{100 * saved:.0f}% fewer), plus {rep.catchup[-1]} tokens read in catch-up passes"
     )
 
 

@@ -15,16 +15,26 @@
 The committed weights: ``weights/small`` and ``weights/large`` (``config.json`` +
 ``model.safetensors``) and their shared tokenizer ``weights/tokenizer``, loadable offline with
 ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)`` and
-``AutoTokenizer.from_pretrained(tokenizer_dir(), local_files_only=True)``.
+``AutoTokenizer.from_pretrained(tokenizer_dir(), local_files_only=True)``. :func:`assets` gives every
+shipped file's path (the pair, the traces, a prompts file) wherever the package is installed::
+
+    from ead_sdk.demo import assets
+
+    demo = assets()
+    demo.models  # (small, large): pass them wherever a model pair is asked for
 
 Importing this package imports neither ``torch`` nor ``transformers``.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DemoAssets",
+    "assets",
     "demo_dir",
     "weights_dir",
     "small_model_dir",
@@ -32,6 +42,7 @@ __all__ = [
     "tokenizer_dir",
     "results_path",
     "model_dirs",
+    "prompts_path",
 ]
 
 
@@ -68,3 +79,51 @@ def results_path() -> Path:
 def model_dirs() -> list[Path]:
     """The pair, smallest first (route index 0 = small, 1 = large)."""
     return [small_model_dir(), large_model_dir()]
+
+
+def prompts_path() -> Path:
+    """A few shipped prompts (JSON Lines, one ``{"prompt": ...}`` per line): held-out demo-task prompts."""
+    return demo_dir() / "prompts.jsonl"
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """The paths of what ships with the SDK for examples: the model pair, its traces, prompts.
+
+    Attributes:
+        small: the small model's directory (route 0); the pair shares ``tokenizer``.
+        large: the large model's directory (route 1).
+        models: ``(small, large)``, smallest first, as every model-pair API takes them.
+        tokenizer: the shared byte-level tokenizer's directory.
+        traces: traces recorded from the pair (one Parquet file, 192 sequences, top-8 log-probs).
+        prompts: prompts for the pair (JSON Lines; ``ead record --prompts`` reads it as is).
+        results: the pair's measured figures (``python -m ead_sdk.demo.evaluate_pair``).
+    """
+
+    small: Path
+    large: Path
+    tokenizer: Path
+    traces: Path
+    prompts: Path
+    results: Path
+
+    @property
+    def models(self) -> tuple[Path, Path]:
+        return (self.small, self.large)
+
+    def prompt_texts(self) -> list[str]:
+        """The shipped prompts as strings, in file order."""
+        lines = self.prompts.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)["prompt"] for line in lines if line.strip()]
+
+
+def assets() -> DemoAssets:
+    """Where the shipped demo files are, whatever the current directory (absolute paths)."""
+    return DemoAssets(
+        small=small_model_dir(),
+        large=large_model_dir(),
+        tokenizer=tokenizer_dir(),
+        traces=demo_dir() / "traces" / "demo.parquet",
+        prompts=prompts_path(),
+        results=results_path(),
+    )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ead_sdk import Param, Policy, Step, hookimpl, mask_state, to_nats
-from ead_sdk.arrays import as_namespace, namespace
+from ead_sdk import Param, Policy, Step, as_namespace, hookimpl, mask_state, namespace, to_nats
 
 __all__ = ["StreakPolicy", "register_policies"]
 
