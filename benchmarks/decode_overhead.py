@@ -1,6 +1,6 @@
 """Overhead of the live decoder on a pair of random-initialised Llama models (no downloads).
 
-Three figures, each measured in one run side by side (best of ``--repeats``):
+Four figures, each measured in one run side by side (best of ``--repeats``):
 
 1. ``hf_throughput_ratio``: tokens/s of the always-large policy through `ead_sdk.generate`
    divided by tokens/s of ``large.generate(do_sample=False)`` on the same prompts and counts.
@@ -13,6 +13,12 @@ Three figures, each measured in one run side by side (best of ``--repeats``):
    ``1 / cost_ratio`` with measured seconds per token where every catch-up token also costs a
    decode step. The parameter-count ideal of the cost report is printed for reference only: on
    these small models it is far below what is reachable, so a ratio against it says little.
+4. ``time_prediction_error``: the speed-up over large-only that `CostModel.measure` (each model's
+   decode step and catch-up pass timed on this machine, at this batch size) predicts from the
+   switching run's report alone, against the realised speed-up of 3.; also the prediction from
+   both runs' reports. Printed as ``predicted/realised - 1`` just before the last line. The
+   measurement runs one round between each of the race's rounds (the median of them kept), so
+   both see the same load.
 
 The always-large run must emit exactly ``large.generate``'s tokens, or the script fails.
 Runs on CUDA when present, else CPU (one thread unless ``--threads``). Prints one line last:
@@ -35,6 +41,7 @@ from ead_sdk.backends.hf import TransformersBackend
 from ead_sdk.policies.fixed import FixedPolicy
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 from ead_sdk.signals import entropy
+from ead_sdk.timing import combine_timings, measure_forward_times
 
 
 def model(hidden: int, layers: int, vocab: int, seed: int) -> Any:
@@ -124,6 +131,17 @@ def main() -> None:
 
     hf_generate(large), ours(FixedPolicy(model=1))  # warm-up
     switching = RollingEntropyPolicy(window=4, threshold=median_entropy(small, ids, backend.vocab_size), unit="nats")
+    rounds: list[Any] = []  # 4.: one measurement round between the race's rounds, under the same load
+
+    def measure_round() -> None:
+        rounds.append(
+            measure_forward_times(
+                backend, batch=args.batch, prompt_len=args.prompt_len, repeats=1, warmup=0, policy=switching
+            )
+        )
+
+    measure_round()  # warm-up
+    rounds.clear()
     times, outs = race(
         args.repeats,
         {
@@ -131,6 +149,7 @@ def main() -> None:
             "large": lambda: ours(FixedPolicy(model=1)),
             "small": lambda: ours(FixedPolicy(model=0)),
             "switch": lambda: ours(switching),
+            "measure": measure_round,
         },
         device,
     )
@@ -177,10 +196,35 @@ def main() -> None:
         f"{ideal_params:.3f}, measured s/token {ideal:.3f}, measured s/token with free catch-up {ideal_passes:.3f}"
     )
     print(f"realised / strict ideal (free catch-up): {realised / ideal_passes:.3f}")
+    time_prediction(combine_timings(rounds), out, outs["large"], (t_large, t_switch))
     print(
         f"hf_throughput_ratio={ratio:.3f} policy_overhead={overhead:.4f} "
         f"realised_vs_strict_ideal={realised / ideal_passes:.3f} realised_vs_measured_ideal={realised / ideal:.3f}"
     )
+
+
+def time_prediction(timings: Any, switched: Any, large_only: Any, seconds: tuple[float, float]) -> None:
+    """4. The measured cost model's predicted speed-up against the realised one (printed last)."""
+    measured = timings.cost_model()
+    for name, step, base, per_token in zip(
+        timings.names, timings.step, timings.catchup_pass, timings.per_token, strict=True
+    ):
+        print(
+            f"measured {name}: decode step {step * 1e3:.2f} ms; a pass of 1 + k tokens "
+            f"{base * 1e3:.2f} ms + k x {per_token * 1e3:.3f} ms"
+        )
+    print(f"measured loop overhead per step (policy, bookkeeping, sync): {measured.step_overhead * 1e3:.3f} ms")
+    print(f"(median of {timings.samples} measurement rounds taken between the race's rounds, batch {timings.batch})")
+    realised = seconds[0] / seconds[1]
+    for name, res, took in (("large-only", large_only, seconds[0]), ("switching", switched, seconds[1])):
+        print(f"{name}: predicted {measured.predict_seconds(res.report):.3f} s, realised {took:.3f} s (best run)")
+    from_run = measured.predicted_speedup(switched.report)
+    from_both = measured.predict_seconds(large_only.report) / measured.predict_seconds(switched.report)
+    print(
+        f"speed-up over large-only: realised {realised:.3f}; predicted by the measured cost model from the "
+        f"switching run's report {from_run:.3f}, from both runs' reports {from_both:.3f}"
+    )
+    print(f"time_prediction_error={from_run / realised - 1:+.3f} (both reports: {from_both / realised - 1:+.3f})")
 
 
 def median_entropy(small: Any, ids: Any, vocab: int) -> float:

@@ -11,7 +11,7 @@ The prompt's other tokens are *prefill*, reported apart (the EAD paper counts ge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,12 +32,22 @@ class CostModel:
             token's (default: the same as ``costs``). In FLOPs the two are equal; in wall-clock
             time a catch-up of many tokens runs as one batched pass and costs far less per token
             than sequential decoding, so a latency model prices it apart (0 = free).
+        catchup_pass_costs: per-model fixed cost of a pass that consumes more than one token (a
+            catch-up, or a model's first pass over the prompt), besides ``catchup_costs`` per
+            further token (default: ``costs``, a step). Measured wall-clock needs it: on a CPU a
+            two-token pass costs far more than a one-token step, while further tokens add little.
+            Used by `predict_seconds` with a live run's pass counts.
+        step_overhead: cost of one decode step outside the models' forwards (the policy's
+            ``decide``, the loop's bookkeeping and host sync), measured by `measure` when given a
+            policy; 0 for the parameter-count model. `predict_seconds` adds it once per step.
     """
 
     costs: tuple[float, ...]
     unit: str = "params"
     names: tuple[str, ...] | None = None
     catchup_costs: tuple[float, ...] | None = None
+    step_overhead: float = 0.0
+    catchup_pass_costs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         costs = tuple(float(c) for c in self.costs)
@@ -46,6 +56,8 @@ class CostModel:
         if self.names is not None and len(self.names) != len(costs):
             raise CostModelError(f"{len(self.names)} model names for {len(costs)} model costs")
         object.__setattr__(self, "costs", costs)
+        if self.names is not None:  # a list from JSON (from_dict) compares and hashes as the tuple would
+            object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         if self.catchup_costs is not None:
             catchup = tuple(float(c) for c in self.catchup_costs)
             if len(catchup) != len(costs):
@@ -53,6 +65,15 @@ class CostModel:
             if any(not np.isfinite(c) or c < 0 for c in catchup):
                 raise CostModelError(f"catch-up costs must be finite and >= 0, got {self.catchup_costs!r}")
             object.__setattr__(self, "catchup_costs", catchup)
+        if self.catchup_pass_costs is not None:
+            passes = tuple(float(c) for c in self.catchup_pass_costs)
+            if len(passes) != len(costs) or any(not np.isfinite(c) or c < 0 for c in passes):
+                raise CostModelError(f"catch-up pass costs must be {len(costs)} finite values >= 0, got {passes!r}")
+            object.__setattr__(self, "catchup_pass_costs", passes)
+        overhead = float(self.step_overhead)
+        if not np.isfinite(overhead) or overhead < 0:
+            raise CostModelError(f"step_overhead must be finite and >= 0, got {self.step_overhead!r}")
+        object.__setattr__(self, "step_overhead", overhead)
 
     @classmethod
     def from_param_counts(cls, counts: Sequence[float], names: Sequence[str] | None = None) -> CostModel:
@@ -89,9 +110,71 @@ class CostModel:
         caught = decode if self.catchup_costs is None else np.asarray(self.catchup_costs)
         return (steps * decode).sum(-1) + (catchup * caught).sum(-1)
 
+    @classmethod
+    def measure(cls, backend: Any, **options: Any) -> CostModel:
+        """Time ``backend``'s decode step and catch-up pass of each model on this hardware.
+
+        A thin front to `ead_sdk.timing.measure_forward_times` (same options: ``batch``,
+        ``widths``, ``prompt_len``, ``repeats``, ``seed``, and ``policy`` to time the loop's
+        per-step overhead with that policy): each model's pass time is fitted as
+        ``step + (width - 1) * per_token``, giving ``costs`` (a decode step, in seconds) and
+        ``catchup_costs`` (each further token of a catch-up pass). `predict_seconds` then turns a
+        run's report into predicted wall-clock.
+        """
+        from ead_sdk.timing import measure_forward_times
+
+        return measure_forward_times(backend, **options).cost_model()
+
+    def predict_seconds(self, report: CostReport) -> float:
+        """Predicted time of the forwards in ``report``, in this model's unit.
+
+        With a live run's pass counts: a one-token pass costs a step, a wider one
+        ``catchup_pass_costs`` plus ``catchup_costs`` per further token, and each decode step adds
+        ``step_overhead``. Without them (a per-lane or replay report), every lane is taken as its own batch:
+        its steps, plus its catch-up and prefill tokens at ``catchup_costs``.
+        """
+        step, extra = self._step_and_extra()
+        if report.passes:
+            passes, tokens = np.asarray(report.passes), np.asarray(report.pass_tokens)
+            wide = np.asarray(report.catchup_passes)
+            models = (passes - wide) * step + wide * self._pass_base() + (tokens - passes) * extra
+            return float(models.sum() + report.decode_steps * self.step_overhead)
+        forwards, catchup = np.asarray(report.forwards), np.asarray(report.catchup)
+        models = ((forwards - catchup) * step).sum() + ((catchup + np.asarray(report.prefill)) * extra).sum()
+        return float(models + report.tokens * self.step_overhead)
+
+    def large_only_seconds(self, report: CostReport) -> float:
+        """Predicted time of the largest model alone on the same prompts and tokens as ``report``."""
+        step, extra = self._step_and_extra()
+        if report.passes:  # one prefill pass over the widest prompt, then a step per position
+            prefill = self._pass_base()[-1] + report.large_prefill * extra[-1] if report.large_prefill else step[-1]
+            steps = max(report.decode_steps - 1, 0) * step[-1] + report.decode_steps * self.step_overhead
+            return float(prefill + steps)
+        return float(report.tokens * (step[-1] + self.step_overhead) + max(report.prefill, default=0) * extra[-1])
+
+    def predicted_speedup(self, report: CostReport) -> float:
+        """``large_only_seconds / predict_seconds``: the speed-up over the largest model alone this model predicts."""
+        own = self.predict_seconds(report)
+        return self.large_only_seconds(report) / own if own > 0 else float("nan")
+
+    def _pass_base(self) -> np.ndarray:
+        return np.asarray(self.costs if self.catchup_pass_costs is None else self.catchup_pass_costs)
+
+    def _step_and_extra(self) -> tuple[np.ndarray, np.ndarray]:
+        step = np.asarray(self.costs)
+        return step, step if self.catchup_costs is None else np.asarray(self.catchup_costs)
+
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-able form; ``CostModel(**d)`` rebuilds it."""
+        """A JSON-able form; `from_dict` (or ``CostModel(**d)``) rebuilds it."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CostModel:
+        """Rebuild a cost model from `as_dict`'s form (extra keys, such as a measurement's notes, are ignored)."""
+        if not isinstance(data, dict) or "costs" not in data:
+            raise CostModelError("a cost model is a JSON object with a 'costs' list (see CostModel.as_dict)")
+        known = {"costs", "unit", "names", "catchup_costs", "step_overhead", "catchup_pass_costs"}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -101,6 +184,13 @@ class CostReport:
     ``large_share`` is the share of emitted tokens from the largest model; ``cost_ratio`` is the
     cost of every forward (catch-up and wasted ones included) divided by the cost of the largest
     model alone emitting the same tokens; ``switches`` counts changes of emitting model.
+
+    The live decoder also reports its batch's forward *passes* (a pass runs one model over the
+    batch; empty for a per-lane report and for replay): ``passes`` and ``pass_tokens`` per model
+    (the widest lane's tokens in each pass, its prompt on a model's first pass included),
+    ``catchup_passes`` (the passes wider than one token),
+    ``decode_steps`` (positions the batch ran) and ``large_prefill`` (the prompt tokens a
+    large-only run of the same batch prefills). `CostModel.predict_seconds` reads them.
     """
 
     tokens: int
@@ -114,6 +204,12 @@ class CostReport:
     cost: float
     cost_ratio: float
     unit: str
+    # How the batch ran, not what the routing cost: reports of the same lanes compare equal however batched.
+    passes: tuple[int, ...] = field(default=(), compare=False)
+    pass_tokens: tuple[int, ...] = field(default=(), compare=False)
+    catchup_passes: tuple[int, ...] = field(default=(), compare=False)
+    decode_steps: int = field(default=0, compare=False)
+    large_prefill: int = field(default=0, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +232,25 @@ class CostLedger:
         self.last = np.full(n, -1, np.int64)
         p = np.ones(n, np.int64) if prompt_lengths is None else np.asarray(prompt_lengths, np.int64)
         self.prompt_lengths = p
+        self.passes = np.zeros(num_models, np.int64)
+        self.pass_tokens = np.zeros(num_models, np.int64)
+        self.catchup_passes = np.zeros(num_models, np.int64)
+
+    def forward_pass(self, lanes: np.ndarray, model: int, position: int) -> np.ndarray:
+        """`compute` for ``lanes`` run together as one forward pass of ``model`` (the live decoder's unit of time).
+
+        Besides the per-lane counts, counts the pass and its width: the widest lane's tokens,
+        its prompt included when the model had not run on that lane yet.
+        """
+        lanes = np.asarray(lanes, np.int64)
+        first = ~self.used[lanes, model]
+        behind = self.compute(lanes, np.full(lanes.size, model), np.full(lanes.size, position))
+        width = behind + 1 + np.where(first, np.maximum(self.prompt_lengths[lanes] - 1, 0), 0)
+        widest = int(width.max()) if width.size else 0
+        self.passes[model] += 1
+        self.pass_tokens[model] += widest
+        self.catchup_passes[model] += widest > 1
+        return behind
 
     def compute(self, lanes: np.ndarray, models: np.ndarray, position: np.ndarray) -> np.ndarray:
         """Record that ``models[i]`` computed generated position ``position[i]`` for ``lanes[i]``.
@@ -211,7 +326,20 @@ class CostLedger:
             cost=cost,
             cost_ratio=_cost_ratio(cost, costs[-1], tokens),
             unit=cost_model.unit,
+            **(self._batch_fields() if lanes is None else {}),
         )
+
+    def _batch_fields(self) -> dict[str, Any]:
+        """The batch-level pass counts of `CostReport` (only meaningful for all lanes together)."""
+        if not self.passes.any():
+            return {}
+        return {
+            "passes": tuple(int(v) for v in self.passes),
+            "pass_tokens": tuple(int(v) for v in self.pass_tokens),
+            "catchup_passes": tuple(int(v) for v in self.catchup_passes),
+            "decode_steps": int(self.emitted.sum(1).max()) if self.n else 0,
+            "large_prefill": int(max(int(self.prompt_lengths.max()) - 1, 0)) if self.n else 0,
+        }
 
 
 def _large_share(large_tokens: int, tokens: int) -> float:
@@ -251,4 +379,22 @@ def sum_reports(reports: Sequence[CostReport], cost_model: CostModel) -> CostRep
         cost=cost,
         cost_ratio=_cost_ratio(cost, float(cost_model.costs[-1]), tokens),
         unit=reports[0].unit,
+        **_batch_sums(reports),
     )
+
+
+def _batch_sums(reports: Sequence[CostReport]) -> dict[str, Any]:
+    """The runs' forward-pass counts added up (what `CostModel.predict_seconds` reads), when every run has them."""
+    if not all(r.passes for r in reports):
+        return {}
+
+    def add(name: str) -> tuple[int, ...]:
+        return tuple(int(sum(v)) for v in zip(*(getattr(r, name) for r in reports), strict=True))
+
+    return {
+        "passes": add("passes"),
+        "pass_tokens": add("pass_tokens"),
+        "catchup_passes": add("catchup_passes"),
+        "decode_steps": sum(r.decode_steps for r in reports),
+        "large_prefill": sum(r.large_prefill for r in reports),
+    }

@@ -416,7 +416,7 @@ class _DecodeLoop:
         for m in np.unique(self.routes[active]).tolist():
             lanes = active[self.routes[active] == m]
             draws.append((m, lanes, session.forward(m, lanes, t)))
-            self.ledger.compute(lanes, np.full(lanes.size, m), np.full(lanes.size, t))
+            self.ledger.forward_pass(lanes, m, t)
         step = Step(
             entropy=_scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws]),
             model=xp.asarray(self.routes, **self.kw),
@@ -472,7 +472,7 @@ class _DecodeLoop:
         for r in np.unique(host_routes[up]).tolist():
             lanes = up[host_routes[up] == r]
             draw = session.forward(r, lanes, t)
-            self.ledger.compute(lanes, np.full(lanes.size, r), np.full(lanes.size, t))
+            self.ledger.forward_pass(lanes, r, t)
             self.ledger.waste(lanes, routes[lanes])
             # A second sync, only on steps with a retry.
             extra = to_numpy(xp.stack([xp.astype(draw.token, xp.int64), xp.astype(xp.isnan(draw.entropy), xp.int64)]))

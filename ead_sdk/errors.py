@@ -149,3 +149,11 @@ class WeightsIntegrityError(SpecError):
 
 class PolicyError(EadError):
     """A policy's ``decide`` failed, or returned routes or state that break the contract."""
+
+
+class ReportError(EadError, ValueError):
+    """An HTML report (``ead view``) cannot be built from the given trace, policies or options."""
+
+
+class TokenizerMismatchError(ReportError):
+    """The tokenizer given for a report is not the one the trace was recorded with."""

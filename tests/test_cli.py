@@ -27,7 +27,7 @@ from ead_sdk.simulators import calibrate, replay, sweep, synthetic_traces
 from ead_sdk.specs import load_policy
 from ead_sdk.traces import read_traces, validate_table, write_traces
 
-COMMANDS = ("policies", "replay", "sweep", "calibrate", "record", "generate", "eval", "demo")
+COMMANDS = ("policies", "replay", "sweep", "calibrate", "record", "generate", "eval", "demo", "view")
 BUILT_IN = {"rolling_entropy", "fixed", "hysteresis", "top_h", "cost_budget", "random", "confidence", "oracle"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RE_SPEC = {
@@ -584,6 +584,24 @@ def test_demo_writes_the_figures_and_the_frontier_plot(demo_run: tuple[dict[str,
     assert width > 1000 and height > 400 and (out / "frontier.png").stat().st_size > 20_000
     written = json.loads((out / "figures.json").read_text())
     assert jsonable(written) == figures
+
+
+def test_demo_in_one_process_gives_the_figures_of_two(demo_run: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+    """The live runs shared among worker processes give exactly the rows of one process (seconds aside)."""
+    one = ok_json(ead("demo", "-n", 4, "--max-new-tokens", 8, "--out", tmp_path, "--json", "--workers", 1))
+    two = demo_run[0]
+    assert two["machine"]["workers"] == 2 and one["machine"]["workers"] == 1
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(one["rows"]) == drop(two["rows"])
+
+
+def test_progress_shows_as_lines_when_output_is_not_a_terminal(pair: list[str]) -> None:
+    result = ead("eval", "-p", "rolling_entropy", "-n", 3, "--max-new-tokens", 4)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(line.endswith("small only: started (3 to do)") for line in lines)
+    assert any(line.endswith("rolling_entropy: 3/3 done") for line in lines)
+    assert "rolling_entropy" in result.stdout  # the table itself stays on stdout
 
 
 def test_demo_figures_file_is_strict_json(demo_run: tuple[dict[str, Any], Path]) -> None:

@@ -198,6 +198,23 @@ def sweep(
         console.print(f"frontier plot: {plot}")
 
 
+def load_cost_model(path: Path | None) -> Any:
+    """The `CostModel` in a JSON file (`CostModel.as_dict`'s form, or ``ead eval --measure-cost``'s), or ``None``."""
+    if path is None:
+        return None
+    import json
+
+    from ead_sdk.cost import CostModel
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--cost-model {path}: not valid JSON ({exc.msg})") from None
+    if isinstance(data, dict) and "cost_model" in data:  # a measurement: its fitted model
+        data = data["cost_model"]
+    return CostModel.from_dict(data)
+
+
 def _has_labels(trace_set: Any) -> bool:
     table = trace_set.table
     return "correct" in table.column_names and table.column("correct").null_count < table.num_rows
@@ -244,6 +261,12 @@ def calibrate(
     low: float = typer.Option(None, help="lower end of the search interval (default: the parameter's bound)"),
     high: float = typer.Option(None, help="upper end of the search interval"),
     out: Path = typer.Option(None, "--out", "-o", help="write the calibrated policy spec (JSON) here"),
+    cost_model: Path = typer.Option(
+        None,
+        "--cost-model",
+        help="a CostModel JSON for --target-cost-ratio (e.g. measured seconds from ead eval --measure-cost; "
+        "default: the trace's parameter counts)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
@@ -266,6 +289,7 @@ def calibrate(
             target_cost_ratio=target_cost_ratio,
             held_out=held_out,
             bounds=None if low is None else (low, high),
+            cost_model=load_cost_model(cost_model),
         )
     if out is not None:
         save_policy(res.policy, out)
