@@ -115,7 +115,7 @@ def test_a_relative_dataset_path_is_read_from_the_callers_directory(ray_local, t
     dataset(traces, tmp_path / "ds", rows_per_file=4)
     monkeypatch.chdir(tmp_path)
     policy = load_policy({"policy": "rolling_entropy", "params": {"window": 2, "threshold": 1.0, "unit": "nats"}})
-    assert replay("ds", policy, engine="ray", batch_rows=4).report() == replay(traces, policy).report()
+    assert replay("ds", policy, engine=RayEngine(batch_rows=4)).report() == replay(traces, policy).report()
 
 
 def test_ray_replay_of_a_ladder_policy_equals_the_local_replay(ray_local):
