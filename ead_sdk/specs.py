@@ -55,12 +55,9 @@ def _read(spec_or_path: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
                 f"policy spec file {text!r} is not UTF-8 JSON text ({exc.reason} at byte {exc.start})"
             ) from None
     try:
-        data = strict_json.loads(raw)
+        return strict_json.loads_object(raw)
     except ValueError as exc:
-        raise SpecError(f"policy spec {source!r} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"policy spec {source!r} must be a JSON object, got {type(data).__name__}")
-    return data
+        raise SpecError(f"policy spec {source!r}: {exc}") from None
 
 
 def _from_json(policy: str, name: Any, value: Any) -> Any:

@@ -55,3 +55,14 @@ def loads(text: str | bytes) -> Any:
         return json.loads(text, object_pairs_hook=unique_keys)
     except RecursionError:  # pragma: no cover - the depth check comes first
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
+def loads_object(text: str | bytes) -> dict[str, Any]:
+    """`loads` for text that must hold one JSON object; ``ValueError`` says what it held instead."""
+    try:
+        value = loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a JSON object, got {type(value).__name__}")
+    return value

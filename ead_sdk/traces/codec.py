@@ -169,12 +169,9 @@ def _values(column: pa.Array) -> np.ndarray:
 
 def _extra_fields(text: str, row: int) -> dict[str, Any]:
     try:
-        value = strict_json.loads(text)
+        return strict_json.loads_object(text)
     except ValueError as exc:
-        raise TraceError(f"row {row}: field 'extra' is not valid JSON ({str(exc)[:120]})") from None
-    if not isinstance(value, dict):
-        raise TraceError(f"row {row}: field 'extra' must be a JSON object, got {type(value).__name__}")
-    return value
+        raise TraceError(f"row {row}: field 'extra' {exc}") from None
 
 
 def batch_to_sequences(meta: TraceMeta, batch: pa.RecordBatch | pa.Table) -> list[SequenceTrace]:
