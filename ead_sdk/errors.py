@@ -157,3 +157,22 @@ class ReportError(EadError, ValueError):
 
 class TokenizerMismatchError(ReportError):
     """The tokenizer given for a report is not the one the trace was recorded with."""
+
+
+# -- serving engines and the lane hand-off router ---------------------------------------------
+class SignalUnavailableError(SpecError):
+    """A spec's signal (exact entropy, or a top-k estimate with its k) cannot be computed where it is deployed."""
+
+
+class UpstreamError(BackendError, RuntimeError):
+    """A serving engine (vLLM, an OpenAI-compatible server, llama.cpp) failed one request.
+
+    Attributes:
+        engine: the engine's name.
+        lane: the lane whose request failed, when known.
+    """
+
+    def __init__(self, message: str, *, engine: str | None = None, lane: int | None = None):
+        super().__init__(message)
+        self.engine = engine
+        self.lane = lane
