@@ -31,9 +31,12 @@ def serve(
     record_rotate_rows: int = typer.Option(1000, min=1, help="rows per recording file before a new one"),
     drain_timeout: float = typer.Option(30.0, min=0.0, help="seconds in-flight requests get to finish on SIGTERM"),
     upstream_timeout: float = typer.Option(60.0, min=0.1, help="seconds an upstream may go silent mid-request"),
+    num_params: list[int] = typer.Option([], "--num-params", help="each URL upstream's parameter count, in order"),
+    cost_model: Path = typer.Option(None, help="per-model costs (JSON) instead of parameter counts"),
     log_level: str = typer.Option("info", help="uvicorn's log level"),
 ) -> None:
     """Serve an OpenAI-compatible API that routes every token between the upstream models."""
+    from ead_sdk.cli.offline import load_cost_model
     from ead_sdk.serve.state import ServeConfig
     from ead_sdk.specs import load_policy
 
@@ -49,14 +52,18 @@ def serve(
         allow_policy_override=allow_policy_override,
         record_dir=record,
         record_rotate_rows=record_rotate_rows,
+        cost_model=load_cost_model(cost_model),
+        upstream_timeout=upstream_timeout,
     )
     sources = [small, *mid, large]
+    if num_params and len(num_params) != len(sources):
+        raise UserError(f"--num-params: give one count per upstream ({len(sources)}), got {len(num_params)}")
     options = {"host": host, "port": port, "drain_timeout": drain_timeout, "log_level": log_level}
-    asyncio.run(_run(sources, tokenizer, policy, config, upstream_timeout, options))
+    asyncio.run(_run(sources, tokenizer, policy, config, num_params or [None] * len(sources), options))
 
 
 async def _run(
-    sources: list[str], tokenizer: str | None, policy: Any, config: Any, timeout: float, options: dict
+    sources: list[str], tokenizer: str | None, policy: Any, config: Any, counts: list[int | None], options: dict
 ) -> None:
     """Open the upstreams, check them against the spec, then serve until a signal drains the server."""
     from ead_sdk.serve.server import make_server
@@ -66,8 +73,8 @@ async def _run(
     tok = pick_tokenizer(tokenizer, sources)
     engines = []
     try:
-        for source, name in zip(sources, ladder_names(len(sources)), strict=True):
-            engines.append(open_engine(source, name, tok, timeout=timeout))
+        for source, name, count in zip(sources, ladder_names(len(sources)), counts, strict=True):
+            engines.append(open_engine(source, name, tok, timeout=config.upstream_timeout, num_params=count))
         if tok is None:
             tok = next((e.tokenizer for e in reversed(engines) if e.tokenizer is not None), None)
         state = await ServeState.start(engines, policy, tok, config)

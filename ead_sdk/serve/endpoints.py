@@ -134,7 +134,7 @@ class _EventStream(StreamingResponse):
 
 
 class _Run:
-    """One generation request's bookkeeping: its slots, its metrics and its recording, settled once."""
+    """One generation request's bookkeeping: its slots and its metrics, settled once."""
 
     def __init__(self, state: ServeState, lanes: RequestLanes, endpoint: str):
         self.state, self.lanes, self.endpoint = state, lanes, endpoint
@@ -156,8 +156,6 @@ class _Run:
             st.metrics.upstream_errors.labels(error.engine or "unknown").inc()
         for o in outcomes:
             _count_lane(st, o)
-        if st.recorder is not None:
-            st.recorder.record([o for o in outcomes if o.finish_reason in ("stop", "length")], self.lanes.router)
 
 
 def _count_lane(state: ServeState, outcome: LaneOutcome) -> None:

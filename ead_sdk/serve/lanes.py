@@ -123,9 +123,9 @@ class RequestLanes:
             await self._queue.put(out)
 
 
-async def _result(lane: Any, cancelled: bool) -> Any:
-    """The lane's `LaneResult`; ``None`` for a lane cut short by a stop string (closed instead)."""
-    if cancelled:
+async def _result(lane: Any, cut: bool) -> Any:
+    """The lane's `LaneResult`; a lane cut by a stop string is cancelled first (its report covers what ran)."""
+    if cut:
         await lane.aclose()
-        return None
+        return await lane.outcome()
     return await lane.result()

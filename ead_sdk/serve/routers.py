@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ead_sdk.errors import EadError, ModelCountError, SpecError
+from ead_sdk.errors import EadError
 from ead_sdk.interface import Policy
 from ead_sdk.serve.schemas import bad
 from ead_sdk.serving import ServingEngine
@@ -32,11 +32,11 @@ class RouterPool:
         engines: the ladder's engines, smallest first.
         policy: the server's policy (checked by the router's constructor).
         allow_overrides: honour a request's ``ead`` policy override.
-        max_lanes: passed to each router.
+        options: passed to each `ead_sdk.handoff.HandoffRouter` (``cost_model``, ``max_lanes``, ``timeout``).
     """
 
     def __init__(
-        self, engines: Sequence[ServingEngine], policy: Policy, *, allow_overrides: bool = False, max_lanes: int = 256
+        self, engines: Sequence[ServingEngine], policy: Policy, *, allow_overrides: bool = False, **options: Any
     ):
         from ead_sdk.handoff import HandoffRouter
 
@@ -44,8 +44,8 @@ class RouterPool:
         self.engines = tuple(engines)
         self.policy = policy
         self.allow_overrides = allow_overrides
-        self.max_lanes = max_lanes
-        self.default = HandoffRouter(self.engines, policy, max_lanes=max_lanes)
+        self.options = options
+        self.default = HandoffRouter(self.engines, policy, **options)
         self._overrides: OrderedDict[str, Any] = OrderedDict()
         self._retired: list[Any] = []
 
@@ -89,11 +89,8 @@ class RouterPool:
 
     def _build(self, spec: dict[str, Any]) -> Any:
         try:
-            policy = load_policy(spec)
-            return self._router_cls(self.engines, policy, max_lanes=self.max_lanes)
-        except (SpecError, ModelCountError) as exc:
-            raise bad(f"policy override: {exc}", "ead") from None
-        except EadError as exc:
+            return self._router_cls(self.engines, load_policy(spec), **self.options)
+        except EadError as exc:  # an unknown policy or parameter, a model count or signal the engines cannot serve
             raise bad(f"policy override: {exc}", "ead") from None
 
     def routers(self) -> list[Any]:

@@ -26,6 +26,9 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.serve_state.draining = True
         super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if captured:  # uvicorn re-raises it after the drain; a drained server exits with status 0 instead
+            captured.pop()
 
     @property
     def bound(self) -> list[tuple[str, int]]:

@@ -36,6 +36,8 @@ class ServeConfig:
         record_dir: record served traffic as trace streams in this folder (``None``: off).
         record_rotate_rows: rows per recording file before a new one is started.
         probe: ask each upstream for one token at start and check its signal.
+        cost_model: per-model costs for the cost reports (default: the engines' parameter counts).
+        upstream_timeout: seconds an upstream may stay silent mid-request before the lane fails.
     """
 
     model_name: str = "ead-router"
@@ -45,6 +47,8 @@ class ServeConfig:
     record_dir: Path | None = None
     record_rotate_rows: int = 1000
     probe: bool = True
+    cost_model: CostModel | None = None
+    upstream_timeout: float | None = 120.0
 
 
 def policy_signal(policy: Policy) -> SignalSpec:
@@ -92,21 +96,33 @@ class ServeState:
 
     @classmethod
     async def start(
-        cls, engines: Sequence[ServingEngine], policy: Policy, tokenizer: Any, config: ServeConfig = ServeConfig()
+        cls, engines: Sequence[ServingEngine], policy: Policy, tokenizer: Any, config: ServeConfig | None = None
     ) -> ServeState:
         """Build the routers and check the upstreams (`ServeError`/`SignalUnavailableError` on a mismatch)."""
+        config = config or ServeConfig()
         if tokenizer is None:
             raise ServeError("ead serve needs the models' tokenizer (pass --tokenizer, or upstreams that have one)")
-        pool = RouterPool(engines, policy, allow_overrides=config.allow_policy_override, max_lanes=config.max_lanes)
-        if config.probe:
-            prompt = tokenizer.encode("Hello") or [0]
-            for engine in engines:
-                await probe_engine(engine, policy_signal(policy), prompt)
         recorder = None
         if config.record_dir is not None:
             from ead_sdk.serve.recording import ServedTrafficRecorder
 
-            recorder = ServedTrafficRecorder(config.record_dir, engines, policy, tokenizer, config.record_rotate_rows)
+            k = policy_signal(policy).k or 0
+            recorder = ServedTrafficRecorder(
+                config.record_dir, engines, policy, tokenizer, config.record_rotate_rows, k
+            )
+        served = engines if recorder is None else recorder.wrap(engines)
+        pool = RouterPool(
+            served,
+            policy,
+            allow_overrides=config.allow_policy_override,
+            cost_model=config.cost_model,
+            max_lanes=config.max_lanes,
+            timeout=config.upstream_timeout,
+        )
+        if config.probe:  # on the engines themselves: the probe is not recorded
+            prompt = tokenizer.encode("Hello") or [0]
+            for engine in engines:
+                await probe_engine(engine, policy_signal(policy), prompt)
         return cls(pool, tokenizer, config, recorder)
 
     def check_open(self) -> None:

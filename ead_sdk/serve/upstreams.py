@@ -22,12 +22,22 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def open_engine(source: str, name: str, tokenizer: Any = None, *, timeout: float = 60.0) -> ServingEngine:
+def api_base(url: str) -> str:
+    """``url`` as an OpenAI API base: ``http://host:port`` and ``http://host:port/v1`` both give the latter."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def open_engine(
+    source: str, name: str, tokenizer: Any = None, *, timeout: float = 60.0, num_params: int | None = None
+) -> ServingEngine:
     """The engine serving ``source`` (a URL or a model folder), labelled ``name``."""
     if is_url(source):
         from ead_sdk.backends.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(source, name=name, tokenizer=tokenizer, timeout=timeout)
+        return OpenAIEngine(
+            api_base(source), name=name, tokenizer=tokenizer, read_timeout=timeout, num_params=num_params
+        )
     folder = Path(source)
     if not folder.is_dir():
         raise ServeError(f"upstream {name!r}: {source!r} is neither an http(s) URL nor a model folder")
