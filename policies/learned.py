@@ -126,7 +126,9 @@ class LearnedPolicy(Policy):
             )
             new.update(e_history=h, e_slot=s, e_fill=f, e_total=tot)
         if "routes" in spec.names:
-            route_share = state["r_total"] / xp.astype(xp.maximum(state["r_fill"], 1), dtype)
+            route_share = state["r_total"] / xp.astype(
+                xp.maximum(state["r_fill"], xp.ones_like(state["r_fill"])), dtype
+            )
         x = feature_matrix(
             spec,
             xp,
