@@ -90,6 +90,8 @@ class LearnedPolicy(Policy):
             state.update({f"r_{k}": v for k, v in window_state(window, n, fdt, xp, **kw).items()})
         if "window" in names or "routes" in names:
             state["window"] = xp.full((n,), window, dtype=xp.int64, **kw)
+        # The weights go to the state's device now, once, so that no decide step copies them there.
+        self._layers(xp, cut.dtype, device_of(cut))
         return state
 
     def _top_id(self, step: Step, xp: Any) -> Any:
