@@ -51,6 +51,7 @@ from ead_sdk.errors import (
     UserError,
     WeightsIntegrityError,
 )
+from ead_sdk.handoff import HandoffRouter
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
 from ead_sdk.params import REQUIRED, Param
@@ -92,6 +93,7 @@ __all__ = [
     "EntropyBounds",
     "Escalation",
     "GenerateResult",
+    "HandoffRouter",
     "HostSyncError",
     "LaneResult",
     "MissingStepFieldError",

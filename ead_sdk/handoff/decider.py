@@ -17,7 +17,7 @@ import numpy as np
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.decision import decide_checked, init_checked
-from ead_sdk.errors import EadError, ModelCountError, UpstreamError
+from ead_sdk.errors import EadError, ModelCountError, SignalUnavailableError, UpstreamError
 from ead_sdk.interface import Policy, State, Step
 from ead_sdk.serving import EngineToken
 from ead_sdk.signal_spec import SignalSpec
@@ -50,6 +50,7 @@ class BatchDecider:
         self.policy, self.num_models, self.signal = policy, num_models, signal
         self.top_k, self.vocab_size = top_k, vocab_size
         self._fresh = init_checked(policy, 1, np)
+        self._estimate = None if signal.exact else _estimator()
         self.state: State | None = None
         self.rows: list[Any] = []
         self._joins: list[Any] = []
@@ -133,11 +134,9 @@ class BatchDecider:
 
     def _signals(self, batch: list[Submission]) -> np.ndarray:
         """`Step.entropy` of each submission: the engine's exact entropy, or the top-k estimate."""
-        if self.signal.exact:
+        if self._estimate is None:
             return np.fromiter((s.token.entropy for s in batch), np.float64, len(batch))
-        from ead_sdk.signals import topk_entropy_estimate
-
-        return np.asarray(topk_entropy_estimate(self._top(batch, self.signal.k)[0], self.vocab_size), np.float64)
+        return np.asarray(self._estimate(self._top(batch, self.signal.k)[0], self.vocab_size), np.float64)
 
     def check(self, token: EngineToken, where: str) -> None:
         """Refuse a token that lacks what the policy must be shown (`UpstreamError` naming ``where``)."""
@@ -185,3 +184,12 @@ class BatchDecider:
             token=token,
             vocab_size=self.vocab_size,
         )
+
+
+def _estimator() -> Any:
+    """`ead_sdk.signals.topk_entropy_estimate`, or a clear refusal where this installation lacks it."""
+    try:
+        from ead_sdk.signals import topk_entropy_estimate
+    except ImportError as exc:
+        raise SignalUnavailableError("this ead_sdk has no top-k entropy estimator (ead_sdk.signals)") from exc
+    return topk_entropy_estimate

@@ -18,6 +18,7 @@ A new request's prompt is always the lane's prompt and token ids so far, never t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -111,8 +112,8 @@ class LaneRun:
         retried = plan.retry_of is not None
         one = retried and self.router.rule.next_model(plan.model, plan.retry_of) != plan.model
         sampling = self.options.sampling
-        if sampling.do_sample and sampling.seed is not None:  # each request its own stream of draws
-            sampling = replace(sampling, seed=hash((sampling.seed, self.lane, t)) & (2**63 - 1))
+        if sampling.do_sample and sampling.seed is not None:
+            sampling = replace(sampling, seed=_request_seed(sampling.seed, self.options.prompt, t))
         self.requests += 1
         return EngineRequest(
             prompt=self.options.prompt + tuple(self.tokens),
@@ -309,6 +310,12 @@ class LaneRun:
             decisions=self.decisions(),
             error=self.error,
         )
+
+
+def _request_seed(seed: int, prompt: tuple[int, ...], position: int) -> int:
+    """The seed of a lane's request starting at ``position`` (same seed, prompt and routes: same tokens)."""
+    text = f"{seed}|{position}|{','.join(map(str, prompt))}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 _END = object()

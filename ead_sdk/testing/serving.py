@@ -38,12 +38,26 @@ class EngineLog:
         produced: tokens streamed, over all requests.
         cancelled: ids of requests closed before their stream ended.
         finished: ids of requests whose stream ran to its end.
+        streaming: streams started and not yet ended now.
+        max_streaming: the most streams open at once so far.
     """
 
     requests: list[EngineRequest] = field(default_factory=list)
     produced: int = 0
     cancelled: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    streaming: int = 0
+    max_streaming: int = 0
+
+    def opened(self) -> None:
+        """A stream started."""
+        self.streaming += 1
+        self.max_streaming = max(self.max_streaming, self.streaming)
+
+    def closed(self, request: EngineRequest, done: bool) -> None:
+        """A stream ended: ran to its end (``done``) or was closed early."""
+        self.streaming -= 1
+        (self.finished if done else self.cancelled).append(request.request_id)
 
 
 async def _pace(delay: float) -> None:
@@ -144,6 +158,7 @@ class TraceEngine(ServingEngine):
     async def _serve(self, request: EngineRequest, seq: SequenceTrace, t0: int) -> AsyncIterator[EngineToken]:
         end = min(seq.length, t0 + request.max_tokens)
         done = False
+        self.log.opened()
         try:
             for t in range(t0, end):
                 await _pace(self.delay)
@@ -156,7 +171,7 @@ class TraceEngine(ServingEngine):
                     break
             done = True
         finally:
-            (self.log.finished if done else self.log.cancelled).append(request.request_id)
+            self.log.closed(request, done)
 
 
 class ToyTokenizer:
@@ -274,6 +289,7 @@ class ToyEngine(ServingEngine):
     async def _serve(self, request: EngineRequest) -> AsyncIterator[EngineToken]:
         prefix = list(request.prompt)
         done = False
+        self.log.opened()
         try:
             for i in range(request.max_tokens):
                 await _pace(self.delay)
@@ -285,7 +301,7 @@ class ToyEngine(ServingEngine):
                     break
             done = True
         finally:
-            (self.log.finished if done else self.log.cancelled).append(request.request_id)
+            self.log.closed(request, done)
 
 
 class FaultyEngine(ServingEngine):
