@@ -17,7 +17,7 @@ import numpy as np
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.decision import decide_checked, init_checked
-from ead_sdk.errors import EadError, ModelCountError, SignalUnavailableError, UpstreamError
+from ead_sdk.errors import EadError, ModelCountError, SignalUnavailableError
 from ead_sdk.interface import Policy, State, Step
 from ead_sdk.serving import EngineToken
 from ead_sdk.signal_spec import SignalSpec
@@ -51,6 +51,7 @@ class BatchDecider:
         self.top_k, self.vocab_size = top_k, vocab_size
         self._fresh = init_checked(policy, 1, np)
         self._estimate = None if signal.exact else _estimator()
+        self._k = max(top_k, signal.k or 0)
         self.state: State | None = None
         self.rows: list[Any] = []
         self._joins: list[Any] = []
@@ -138,20 +139,18 @@ class BatchDecider:
             return np.fromiter((s.token.entropy for s in batch), np.float64, len(batch))
         return np.asarray(self._estimate(self._top(batch, self.signal.k)[0], self.vocab_size), np.float64)
 
-    def check(self, token: EngineToken, where: str) -> None:
-        """Refuse a token that lacks what the policy must be shown (`UpstreamError` naming ``where``)."""
+    def check(self, token: EngineToken) -> str | None:
+        """What the token lacks that the policy must be shown, or ``None`` when it is complete."""
         if self.signal.exact and (token.entropy is None or not math.isfinite(token.entropy)):
-            raise UpstreamError(
-                f"{where}: the engine gave entropy {token.entropy!r}; the policy needs the exact entropy"
-            )
-        k = max(self.top_k, self.signal.k or 0)
+            return f"the engine gave entropy {token.entropy!r}; the policy needs the exact entropy"
+        k = self._k
         if k:
             got, ids = token.top_logprobs, token.top_ids
             if got is None or ids is None or len(got) < k or len(ids) < k:
-                n = 0 if got is None else len(got)
-                raise UpstreamError(f"{where}: the engine returned {n} top log-probabilities; {k} were asked")
+                return f"the engine returned {0 if got is None else len(got)} top log-probabilities; {k} were asked"
             if any(math.isnan(v) or v > 1e-6 for v in got[:k]):
-                raise UpstreamError(f"{where}: the engine returned top log-probabilities that are NaN or above 0")
+                return "the engine returned top log-probabilities that are NaN or above 0"
+        return None
 
     def _top(self, batch: list[Submission], k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(len(batch), k)`` top-k log-probabilities and token ids of the (checked) submissions."""

@@ -27,13 +27,11 @@ from typing import Any
 import numpy as np
 
 from ead_sdk.backend import Sampling
-from ead_sdk.cost import CostLedger
 from ead_sdk.decode import TokenEvent
 from ead_sdk.errors import EadError, UpstreamError
+from ead_sdk.handoff.ledger import LaneLedger
 from ead_sdk.handoff.results import DecisionLog, Handoff, HandoffLaneResult
 from ead_sdk.serving import EngineRequest, EngineToken
-
-_ONE = np.zeros(1, np.int64)
 
 
 @dataclass
@@ -72,13 +70,15 @@ class LaneRun:
         self.finish: str | None = None
         self.error: BaseException | None = None
         self.events: asyncio.Queue = asyncio.Queue()
-        self.ledger = CostLedger(1, len(router.engines), [len(options.prompt)])
+        self.ledger = LaneLedger(len(router.engines), len(options.prompt))
         self.handoffs: list[Handoff] = []
         self.log: list[tuple[int, int, float, int, int]] = []
         self.top: list[tuple[tuple[float, ...], tuple[int, ...]]] = []
         self.requests = 0
         self.closing = False
         self.pending: dict[str, Any] | None = None
+        self.waiting_since: float | None = None
+        self.expired = False
         self._stop_tail = 2 * max((len(s) for s in options.stop_strings), default=0) + 2
 
     # -- the task -------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class LaneRun:
             if not self.closing:
                 raise
             self.finish = "cancelled"
-        except EadError as exc:
+        except Exception as exc:  # noqa: BLE001 - the lane's error, raised to its consumer and by result()
             self.error, self.finish = exc, "error"
         finally:
             if self.error is not None:
@@ -159,16 +159,24 @@ class LaneRun:
             ) from exc
 
     async def _next(self, stream: AsyncIterator[EngineToken], engine: Any, plan: _Plan) -> EngineToken | None:
-        """The stream's next token (``None`` at its end); a failure or silence is this lane's `UpstreamError`."""
-        timeout = self.router.timeout
+        """The stream's next token (``None`` at its end); a failure or silence is this lane's `UpstreamError`.
+
+        The router's watchdog cancels a wait longer than its ``timeout`` (`expire`): cheaper per
+        token than arming a timer around every read.
+        """
+        self.waiting_since = self.router.clock()
         try:
-            async with asyncio.timeout(timeout):
-                return await anext(stream)
+            return await anext(stream)
         except StopAsyncIteration:
             return None
-        except TimeoutError as exc:
+        except asyncio.CancelledError as exc:
+            if not self.expired:
+                raise
+            self.expired = False
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
             raise UpstreamError(
-                f"engine {engine.name!r} sent no token for {timeout} s (lane {self.lane}, position {len(self.tokens)})",
+                f"engine {engine.name!r} sent no token for {self.router.timeout} s "
+                f"(lane {self.lane}, position {len(self.tokens)})",
                 engine=engine.name,
                 lane=self.lane,
             ) from exc
@@ -183,6 +191,14 @@ class LaneRun:
                 engine=engine.name,
                 lane=self.lane,
             ) from exc
+        finally:
+            self.waiting_since = None
+
+    def expire(self, task: asyncio.Task) -> None:
+        """The watchdog found this lane waiting too long for a token: end that wait (``task`` runs the lane)."""
+        if self.waiting_since is not None and not self.expired:
+            self.expired = True
+            task.cancel()
 
     def _upstream(self, exc: UpstreamError, engine: Any) -> UpstreamError:
         text = str(exc)
@@ -202,19 +218,25 @@ class LaneRun:
                 lane=self.lane,
             )
         if plan.retry_of is not None and received == 1:  # the recomputed position: emitted undecided
-            self.ledger.compute(_ONE, np.array([m]), np.array([t]))
+            self.ledger.compute(m, t)
             self._emit(tok, m, received, request)
             back = rule.next_model(m, plan.retry_of)
             if self.finish is None and back != m:
                 return self._switch(m, back, "return")
             plan.retry_of = None
             return plan
-        self.router.decider.check(tok, f"engine {self.router.engines[m].name!r}, lane {self.lane}, position {t}")
-        self.ledger.compute(_ONE, np.array([m]), np.array([t]))
+        problem = self.router.decider.check(tok)
+        if problem is not None:
+            raise UpstreamError(
+                f"engine {self.router.engines[m].name!r}, lane {self.lane}, position {t}: {problem}",
+                engine=self.router.engines[m].name,
+                lane=self.lane,
+            )
+        self.ledger.compute(m, t)
         route, signal = await self.router.decider.submit(self, t, m, tok)
         self._log(t, m, signal, tok, route)
         if rule.retried(route, m):
-            self.ledger.waste(_ONE, np.array([m]))
+            self.ledger.waste(m)
             return self._switch(m, route, "retry", retry_of=m)
         self._emit(tok, m, received, request)
         nxt = int(rule.next_model(route, m))
@@ -233,7 +255,7 @@ class LaneRun:
         index = len(self.tokens)
         self.tokens.append(tok.token)
         self.models.append(model)
-        self.ledger.emit(_ONE, np.array([model]))
+        self.ledger.emit(model)
         self.events.put_nowait(TokenEvent(self.lane, tok.token, model, index))
         self.finish = self._finished(tok, received, request)
 
@@ -259,7 +281,7 @@ class LaneRun:
     # -- hand-offs ------------------------------------------------------------------------
     def _switch(self, from_model: int, to_model: int, reason: str, retry_of: int | None = None) -> _Plan:
         t = len(self.tokens)
-        behind = t - int(self.ledger.consumed[0, to_model])
+        behind = t - self.ledger.consumed[to_model]
         self.pending = {
             "position": t,
             "from_model": from_model,
@@ -333,6 +355,16 @@ class LaneStream:
     def __init__(self, run: LaneRun, task: asyncio.Task):
         self._run, self._task = run, task
         self.lane, self.prompt = run.lane, run.options.prompt
+
+    @property
+    def run(self) -> LaneRun:
+        """The lane's state machine (its tokens, costs and decisions so far)."""
+        return self._run
+
+    @property
+    def task(self) -> asyncio.Task:
+        """The task that runs the lane."""
+        return self._task
 
     def __aiter__(self) -> LaneStream:
         return self

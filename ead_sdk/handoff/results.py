@@ -73,6 +73,9 @@ class DecisionLog:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
+    def __repr__(self) -> str:
+        return f"DecisionLog({len(self)} decisions, top-k {0 if self.logprobs is None else self.logprobs.shape[1]})"
+
     def steps(self) -> Iterator[Step]:
         """The one-lane `Step` of each decision, as the policy was shown it."""
         for d in range(len(self)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -77,6 +78,8 @@ class HandoffRouter:
         self.cost_model = _cost_model(self.engines, cost_model)
         if isinstance(max_lanes, bool) or not isinstance(max_lanes, int) or max_lanes < 1:
             raise ArgumentError(f"max_lanes must be an integer >= 1, got {max_lanes!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ArgumentError(f"timeout must be None or a number of seconds > 0, got {timeout!r}")
         self.max_lanes, self.timeout, self.close_timeout = max_lanes, timeout, close_timeout
         self.vocab_size = min(int(e.vocab_size) for e in self.engines)
         self.tokenizer = next((e.tokenizer for e in self.engines if e.tokenizer is not None), None)
@@ -87,6 +90,8 @@ class HandoffRouter:
         self._open: dict[int, LaneStream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._watchdog: asyncio.Task | None = None
+        self.clock = time.monotonic
         self._closed = False
 
     # -- lanes ----------------------------------------------------------------------------
@@ -114,6 +119,8 @@ class HandoffRouter:
         lane = LaneStream(run, task)
         self._open[run.lane] = lane
         task.add_done_callback(lambda _t, i=run.lane: self._open.pop(i, None))
+        if self.timeout is not None and (self._watchdog is None or self._watchdog.done()):
+            self._watchdog = task.get_loop().create_task(self._watch(), name=f"{self.name}-watchdog")
         return lane
 
     def _bind_loop(self) -> None:
@@ -121,7 +128,19 @@ class HandoffRouter:
         if self._loop is not loop:
             if self._open:
                 raise DecodeStreamError("this HandoffRouter has lanes open in another event loop")
-            self._loop, self._slots = loop, asyncio.Semaphore(self.max_lanes)
+            self._loop, self._slots, self._watchdog = loop, asyncio.Semaphore(self.max_lanes), None
+            self.clock = loop.time
+
+    async def _watch(self) -> None:
+        """End the wait of any lane that has waited longer than ``timeout`` for its engine's next token."""
+        period = min(self.timeout / 4, 1.0)  # type: ignore[operator]
+        while self._open:
+            await asyncio.sleep(period)
+            now = self.clock()
+            for lane in list(self._open.values()):
+                since = lane.run.waiting_since
+                if since is not None and now - since > self.timeout:  # type: ignore[operator]
+                    lane.run.expire(lane.task)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -211,7 +230,13 @@ class HandoffRouter:
         stop: Sequence[str | int] = (),
     ) -> HandoffResult:
         """`generate` from synchronous code (``asyncio.run``)."""
-        return asyncio.run(self.generate(prompts, max_new_tokens, sampling, stop))
+        out: list[HandoffResult] = []
+
+        async def run() -> None:  # returns nothing: Python 3.11's asyncio.run may repr the main task's result
+            out.append(await self.generate(prompts, max_new_tokens, sampling, stop))
+
+        asyncio.run(run())
+        return out[0]
 
     async def aclose(self) -> None:
         """Cancel every open lane and refuse new ones (the engines stay open: their owner closes them)."""

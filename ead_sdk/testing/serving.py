@@ -118,7 +118,7 @@ class TraceEngine(ServingEngine):
         for length in self._prompt_lengths:
             for i in self._by_prompt.get(prompt[:length], ()):
                 seq, t = self.sequences[i], len(prompt) - length
-                if t <= seq.length and tuple(int(v) for v in seq.token_ids[:t]) == prompt[length:]:
+                if t <= seq.length and np.array_equal(seq.token_ids[:t], prompt[length:]):
                     found.append((i, t))
         if not found:
             raise BackendError(f"TraceEngine {self.name!r}: the prompt is no trace sequence's prompt plus trajectory")
