@@ -162,3 +162,32 @@ def test_open_lane_needs_a_running_loop():
     with pytest.raises(RuntimeError):
         router.open_lane([1, 2, 3])
     assert asyncio.run(router.generate([traces[0].prompt_ids.tolist()], max_new_tokens=3)).lanes[0].tokens
+
+
+LADDER_SPECS = [
+    {"policy": "rolling_entropy", "params": {"threshold": [0.5, 1.4], "window": 2, "unit": "nats"}},
+    {"policy": "fixed", "params": {"model": 2}},
+    {"policy": "fixed", "params": {"model": 1}},
+]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    spec=st.sampled_from(LADDER_SPECS),
+    escalation=st.sampled_from(ESCALATIONS),
+    max_new=st.integers(1, 30),
+)
+def test_a_three_model_ladder_routes_as_generate_does(seed, spec, escalation, max_new):
+    """Property: over three engines (small, medium, large) the router equals `generate` on the trace."""
+    traces = synthetic_traces(4, (0, 25), num_models=3, k=K, seed=seed, emitter="oracle")
+    policy = ead_sdk.load_policy({**spec, "escalation": escalation})
+    routed, reference, _, _ = _run_both(traces, policy, max_new)
+    for got, want in zip(routed, reference, strict=True):
+        assert (got.tokens, got.models, got.finish_reason, got.report) == (
+            want.tokens,
+            want.models,
+            want.finish_reason,
+            want.report,
+        )
+    assert routed.report == reference.report

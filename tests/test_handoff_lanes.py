@@ -70,22 +70,34 @@ class Watched(Policy):
         return self.inner.decide(state, step)
 
 
-@pytest.mark.parametrize("escalation", ["retry", "retry_token"])
-def test_a_token_a_retry_may_replace_is_never_handed_on_before_the_policy_decided(escalation):
-    """Hold-back: every event a consumer sees was decided on already, is final (the result's token
-    at that position) and comes in order; the thrown-away small-model tokens never reach it."""
-    policy = Watched(eager(escalation))
-    router = HandoffRouter(toys(), policy)
+@settings(max_examples=12, deadline=None)
+@given(
+    escalation=st.sampled_from(["retry", "retry_token"]),
+    threshold=st.floats(0.8, 1.6),
+    delays=st.tuples(st.sampled_from([0.0, 0.0005, 0.002]), st.sampled_from([0.0, 0.001, 0.003])),
+    slow_consumer=st.booleans(),
+)
+def test_a_token_a_retry_may_replace_is_never_handed_on_before_the_policy_decided(
+    escalation, threshold, delays, slow_consumer
+):
+    """Hold-back, property over engine speeds and consumer speed: every event a consumer sees was
+    decided on already, is final (the result's token at that position) and comes in order; the
+    thrown-away small-model tokens never reach it."""
+    policy = Watched(eager(escalation, threshold))
+    engines = [ToyEngine("small", seed=1, delay=delays[0]), ToyEngine("large", seed=2, delay=delays[1])]
+    router = HandoffRouter(engines, policy)
     policy.router = router
 
     async def main():
-        lanes = [router.open_lane(p, max_new_tokens=40) for p in PROMPTS]
+        lanes = [router.open_lane(p, max_new_tokens=30) for p in PROMPTS]
         seen = {lane.lane: [] for lane in lanes}
 
         async def consume(lane):
             async for event in lane:
                 assert (event.lane, event.index) in policy.decided
                 seen[event.lane].append(event)
+                if slow_consumer:
+                    await asyncio.sleep(0.001)
             return await lane.result()
 
         return await asyncio.gather(*(consume(lane) for lane in lanes)), seen

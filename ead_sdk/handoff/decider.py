@@ -61,6 +61,11 @@ class BatchDecider:
         self.batches = 0
         self.decided = 0
 
+    def rebind(self) -> None:
+        """Forget submissions and a scheduled batch of an event loop that is gone (a new loop starts)."""
+        self._pending, self._scheduled = [], False
+        self._apply_membership()
+
     # -- membership -----------------------------------------------------------------------
     def join(self, owner: Any) -> None:
         """Give ``owner`` a fresh row before the next batch."""

@@ -129,6 +129,7 @@ class HandoffRouter:
             if self._open:
                 raise DecodeStreamError("this HandoffRouter has lanes open in another event loop")
             self._loop, self._slots, self._watchdog = loop, asyncio.Semaphore(self.max_lanes), None
+            self.decider.rebind()
             self.clock = loop.time
 
     async def _watch(self) -> None:
