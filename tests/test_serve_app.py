@@ -264,3 +264,21 @@ def test_metrics_count_tokens_per_model_and_switches():
     assert f"ead_switches_total {switches}.0" in text
     assert 'ead_requests_total{endpoint="completions",outcome="completed"} 3.0' in text
     assert "ead_handoff_latency_seconds_count" in text
+
+
+def test_a_client_that_leaves_mid_stream_cancels_its_lane_and_frees_its_slot():
+    from serve_harness import wait_for
+
+    engines = ladder(delay=0.02)
+    with running_server(engines, load_policy({"policy": "fixed", "params": {"model": 0}}), TOK) as srv:
+        body = {"prompt": [1, 2, 3], "max_tokens": 500, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{srv.url}/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]  # a few tokens, then the client goes away
+        assert any(line.startswith("data: ") for line in got)
+        wait_for(lambda: httpx.get(f"{srv.url}/health").json()["lanes_in_flight"] == 0)
+        cancelled = engines[0].log.cancelled
+        wait_for(lambda: [c for c in cancelled if c != "ead-serve-probe"] != [])  # the upstream request too
+        assert engines[0].log.produced < 100
+        metrics = httpx.get(f"{srv.url}/metrics").text
+    assert 'ead_requests_total{endpoint="completions",outcome="cancelled"} 1.0' in metrics

@@ -75,6 +75,12 @@ class RequestLanes:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aiter__(self) -> AsyncIterator[Piece]:
+        if len(self.outcomes) == 1:  # the common case: no queue, no task hop per token
+            async for piece in self._pieces(self.outcomes[0]):
+                yield piece
+            if self.outcomes[0].error is not None:
+                raise self.outcomes[0].error
+            return
         self._tasks = [asyncio.create_task(self._run(o)) for o in self.outcomes]
         try:
             running = len(self._tasks)
@@ -96,20 +102,30 @@ class RequestLanes:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self, out: LaneOutcome) -> None:
+        """One lane of several: its pieces, then its outcome, go to the shared queue."""
+        try:
+            async for piece in self._pieces(out):
+                await self._queue.put(piece)
+        finally:
+            await self._queue.put(out)
+
+    async def _pieces(self, out: LaneOutcome) -> AsyncIterator[Piece]:
+        """Run one lane on the router, yielding its final text piece by piece; ``out`` records how it ended."""
         started = time.perf_counter()
         s = self.settings
         lane = self.router.open_lane(list(out.prompt), max_new_tokens=s.max_tokens, sampling=s.sampling)
         text = IncrementalText(self.tokenizer, out.prompt, s.stop)
         try:
             async for event in lane:
-                out.tokens.append(int(event.token))
-                out.models.append(int(event.model))
-                await self._queue.put(Piece(out.index, int(event.token), int(event.model), text.push(event.token)))
+                token, model = int(event.token), int(event.model)
+                out.tokens.append(token)
+                out.models.append(model)
+                yield Piece(out.index, token, model, text.push(token))
                 if text.stopped:
                     break
             tail = text.finish()
             if tail:
-                await self._queue.put(Piece(out.index, None, None, tail))
+                yield Piece(out.index, None, None, tail)
             out.finish_reason = "stop" if text.stopped else None
             out.result = await _result(lane, text.stopped)
             out.finish_reason = out.finish_reason or getattr(out.result, "finish_reason", None) or "stop"
@@ -120,7 +136,6 @@ class RequestLanes:
             out.seconds = time.perf_counter() - started
             if text.stopped or out.error is not None or out.finish_reason is None:
                 await lane.aclose()
-            await self._queue.put(out)
 
 
 async def _result(lane: Any, cut: bool) -> Any:
