@@ -282,3 +282,17 @@ def test_a_client_that_leaves_mid_stream_cancels_its_lane_and_frees_its_slot():
         assert engines[0].log.produced < 100
         metrics = httpx.get(f"{srv.url}/metrics").text
     assert 'ead_requests_total{endpoint="completions",outcome="cancelled"} 1.0' in metrics
+
+
+def test_a_ladder_of_three_models_is_served():
+    engines = [*ladder(), ToyEngine("xl", seed=3, vocab_size=26, eos_token_id=EOS, num_params=5000)]
+    policy = load_policy({"policy": "rolling_entropy", "params": {"threshold": [2.0, 3.5], "window": 1}})
+    with running_server(engines, policy, TOK) as srv:
+        answer = httpx.post(f"{srv.url}/v1/completions", json={"prompt": "abcde", "max_tokens": 40, "temperature": 0})
+        metrics = httpx.get(f"{srv.url}/metrics").text
+    ext = answer.json()["ead"]
+    assert ext["models"] == ["small", "large", "xl"]
+    routes = ext["choices"][0]["routes"]
+    assert set(routes) == {0, 1, 2}
+    assert f'ead_tokens_total{{model="xl"}} {routes.count(2)}.0' in metrics
+    assert ext["cost"]["large_share"] == pytest.approx(routes.count(2) / len(routes))
