@@ -185,7 +185,8 @@ def topk_entropy_estimate(
 
         r * log(1 / p_min) + r * (1 + x) * log(1 + 1 / x)
 
-    The estimate always lies inside `topk_entropy_bounds`: a geometric tail is never below the
+    The estimate is exact when the probabilities do decay geometrically past the listed ones, and
+    always lies inside `topk_entropy_bounds`: a geometric tail is never below the
     packed tail of the lower bound, and where it would exceed the upper bound (a vocabulary too
     small for its length) it is clamped to it. So ``lower <= estimate <= upper`` and its error
     against the exact entropy is at most ``upper - lower``; with ``r = 0`` all three are exact.

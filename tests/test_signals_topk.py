@@ -157,3 +157,12 @@ def test_torch_matches_numpy_without_host_sync():
     np.testing.assert_allclose(got.numpy(), topk_entropy_estimate(top.numpy(), vocab_size=500), rtol=1e-12)
     half = topk_entropy_estimate(top.to(torch.bfloat16), vocab_size=500)
     assert half.dtype == torch.float32
+
+
+@given(st.floats(0.01, 0.95), st.integers(1, 20))
+def test_a_geometric_distribution_is_estimated_exactly(q, k):
+    """P(rank j) = (1 - q) q^j: the tail continues exactly as the estimate assumes."""
+    ranks = np.arange(k)
+    top = np.log1p(-q) + ranks * math.log(q)
+    exact = (-(1 - q) * math.log1p(-q) - q * math.log(q)) / (1 - q)
+    assert float(topk_entropy_estimate(top[None, :])[0]) == pytest.approx(exact, rel=1e-9, abs=1e-12)
