@@ -201,3 +201,29 @@ def test_generate_on_transformers_shows_the_topk_estimate_of_the_live_distributi
         assert logprobs.shape == (2, 8)  # the larger of the asked 8 and the signal's 5
         expected = ead_sdk.topk_entropy_estimate(logprobs[:, :5].numpy(), vocab_size=96)
         np.testing.assert_allclose(entropy.numpy(), expected, rtol=1e-6)
+
+
+def test_policy_observer_shows_the_topk_estimate_and_records_the_exact_entropy():
+    pytest.importorskip("transformers")
+    import torch
+
+    from ead_sdk.integrations import PolicyObserver
+    from tests.test_integrations_observe import MODEL, batch, reference, reference_topk, run
+
+    shown = []
+
+    class Keep(Probe):
+        def decide(self, state, step):
+            shown.append(step.entropy.clone())
+            return torch.zeros(step.n, dtype=torch.int64), state
+
+    ids, mask = batch([[5, 9, 11, 3], [7, 8]])
+    observer = PolicyObserver(Keep(signal=SignalSpec.topk(4)), model=MODEL)
+    out = run(ids, mask, observer, 0, max_new_tokens=6, eos_token_id=[])
+    seen = observer.finish(out, attention_mask=mask)
+    top = reference_topk(ids, mask, out, 4).values.numpy()
+    expected = ead_sdk.topk_entropy_estimate(top, vocab_size=MODEL.config.vocab_size)
+    np.testing.assert_allclose(torch.stack(shown, 1).numpy(), expected, rtol=1e-4, atol=1e-5)
+    exact, _ = reference(ids, mask, out)
+    np.testing.assert_allclose(np.stack([lane.entropy for lane in seen.lanes]), exact, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, exact, atol=1e-3)
