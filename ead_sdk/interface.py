@@ -30,7 +30,8 @@ class Step:
     """What a policy sees about the token just drawn, for each of the ``n`` lanes.
 
     Attributes:
-        entropy: ``(n,)`` entropy in nats of the distribution the token was drawn from.
+        entropy: ``(n,)`` entropy in nats of the distribution the token was drawn from: the
+            exact entropy, or its estimate from the top-k when the policy's ``signal`` says so.
         model: ``(n,)`` index of the model that produced that distribution.
         index: ``(n,)`` position of the token among the generated ones (0 = first).
         live: ``(n,)`` bool; ``False`` for lanes that have finished (their state must not change).

@@ -58,7 +58,7 @@ def test_sweep_and_calibrate_take_the_signal(trace_path: Path, tmp_path: Path):
     args = ("calibrate", trace_path, "-p", spec, "--param", "threshold", "--target-large-share", "0.3", "--signal")
     text = ead(*args, "topk:4", "--out", out)
     assert text.exit_code == 0, text.output
-    assert "rolling_entropy on the top-4 entropy estimate: threshold =" in text.stdout
+    assert "rolling_entropy: threshold =" in text.stdout and "signal: top-4 entropy estimate" in text.stdout
     written = json.loads(out.read_text())
     assert written["signal"] == {"kind": "topk_entropy", "k": 4}
     direct = calibrate(read_traces(trace_path), load_policy(written), "threshold", target_large_share=0.3)

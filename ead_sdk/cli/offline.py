@@ -320,10 +320,9 @@ def calibrate(
         echo_json(figures)
         return
     console.print(
-        f"{pol.name} on the {describe(res.policy)}: {res.parameter} = {res.value:.6g}  ->  "
-        f"{res.metric} {res.calibration:.4f} on the "
+        f"{pol.name}: {res.parameter} = {res.value:.6g}  ->  {res.metric} {res.calibration:.4f} on the "
         f"calibration split ({res.sequences[0]} sequences), {fmt(res.held_out, 4)} held out "
-        f"({res.sequences[1]}); target {res.target:g}"
+        f"({res.sequences[1]}); target {res.target:g}; signal: {describe(res.policy)}"
     )
     if out is not None:
         console.print(f"wrote {out}")
