@@ -180,6 +180,28 @@ def routing_figures(traces, k: int, share: float, window: int) -> dict:
     }
 
 
+def timing_figures(traces, k: int) -> dict:
+    """Seconds to compute the top-k signal of the whole trace once, and one replay on it (best of 5)."""
+    import time
+
+    from ead_sdk import SignalSpec, load_policy
+    from ead_sdk.simulators import ReplayData, replay
+
+    policy = load_policy(
+        {"policy": "rolling_entropy", "params": {"threshold": 1.0}, "signal": SignalSpec.topk(k).as_json()}
+    )
+    estimate, run = [], []
+    for _ in range(5):
+        data = ReplayData.from_traces(traces)
+        start = time.perf_counter()
+        data.signal_entropy(policy.signal)
+        estimate.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        replay(data, policy)
+        run.append(time.perf_counter() - start)
+    return {"estimate_s": min(estimate), "replay_s": min(run), "estimate_over_replay": min(estimate) / min(run)}
+
+
 def chosen_spec(spec: dict, threshold: float) -> dict:
     return {**spec, "params": {**spec["params"], "threshold": threshold}}
 
@@ -212,6 +234,7 @@ def main() -> None:
             cands = ", ".join(f"{key} {v:.4f}" for key, v in row.pop("candidates").items())
             print("signal: " + ", ".join(f"{key}={fmt(v)}" for key, v in row.items()))
             print(f"  spearman by tail treatment: {cands}")
+        print("timing: " + ", ".join(f"{key}={fmt(v)}" for key, v in timing_figures(traces, args.k).items()))
         for window in (1, 5):
             fig = routing_figures(traces, args.k, args.share, window)
             print("routing: " + ", ".join(f"{key}={fmt(v)}" for key, v in fig.items()))
