@@ -15,8 +15,8 @@ and, for an EAD rule (``rolling_entropy``) calibrated to the same large share on
 how many tokens both route to the same model, and what large share the threshold calibrated on
 the exact entropy gives when deployed on the top-k estimate instead.
 
-    python benchmarks/topk_signal.py [--prompts 40] [--max-new-tokens 48] [--k 20] [--share 0.3]
-        [--small-layers 12] [--workdir DIR] [--trace TRACE]
+    python benchmarks/topk_signal.py [--prompts 40] [--max-new-tokens 48] [--k 20] [--ks 20,10,5]
+        [--share 0.3] [--small-layers 12] [--workdir DIR] [--trace TRACE]
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--k", type=int, default=20, help="top-k log-probabilities recorded")
+    parser.add_argument("--ks", default="20,10,5", help="the top-k signals compared with the exact entropy")
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--small-layers", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8)
@@ -218,7 +219,6 @@ def main() -> None:
     parser.add_argument("--trace", type=Path, default=None, help="use this recorded trace instead of recording one")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from ead_sdk.simulators import ReplayData
     from ead_sdk.traces import read_traces
 
     with tempfile.TemporaryDirectory(prefix="ead-topk-") as tmp:
@@ -230,14 +230,24 @@ def main() -> None:
             f"trace: {path} ({len(traces)} sequences, {traces.num_tokens} tokens, models "
             f"{list(traces.meta.model_names)}, recorded top-{traces.meta.k}, vocabulary {traces.meta.vocab_size})"
         )
-        for row in rank_figures(ReplayData.from_traces(traces), args.k):
+        report(traces, [int(k) for k in args.ks.split(",")], args.share)
+
+
+def report(traces, ks: list[int], share: float) -> None:
+    """Print the signal, timing and routing figures of each top-k signal in ``ks``."""
+    from ead_sdk.simulators import ReplayData
+
+    data = ReplayData.from_traces(traces)
+    for k in ks:
+        for row in rank_figures(data, k):
             cands = ", ".join(f"{key} {v:.4f}" for key, v in row.pop("candidates").items())
-            print("signal: " + ", ".join(f"{key}={fmt(v)}" for key, v in row.items()))
+            print(f"top-{k} signal: " + ", ".join(f"{key}={fmt(v)}" for key, v in row.items()))
             print(f"  spearman by tail treatment: {cands}")
-        print("timing: " + ", ".join(f"{key}={fmt(v)}" for key, v in timing_figures(traces, args.k).items()))
+    print("timing: " + ", ".join(f"{key}={fmt(v)}" for key, v in timing_figures(traces, max(ks)).items()))
+    for k in ks:
         for window in (1, 5):
-            fig = routing_figures(traces, args.k, args.share, window)
-            print("routing: " + ", ".join(f"{key}={fmt(v)}" for key, v in fig.items()))
+            fig = routing_figures(traces, k, share, window)
+            print(f"top-{k} routing: " + ", ".join(f"{key}={fmt(v)}" for key, v in fig.items()))
 
 
 def fmt(value) -> str:
