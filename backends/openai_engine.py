@@ -28,7 +28,7 @@ and what went wrong: no connection, an HTTP error status (with the server's erro
 stream that breaks or ends without ``data: [DONE]``, a malformed or error event, no data for
 ``read_timeout`` seconds.
 
-Requires ``httpx`` and ``httpx-sse`` (the ``engines`` extra).
+Requires ``httpx`` and ``httpx-sse`` (the ``http`` extra).
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ class OpenAIEngine(ServingEngine):
     Args:
         base_url: the API's base URL, ``/v1`` included (``"http://127.0.0.1:8000/v1"``); requests
             go to ``<base_url>/completions``.
-        model: the model name the server serves (the request's ``model``).
-        vocab_size: the size of the model's vocabulary.
-        name: a label for messages and reports (``model`` by default).
+        model: the model name the server serves (the request's ``model``); ``None`` asks the
+            server's ``GET /v1/models`` on the first request, which must list exactly one model.
+        vocab_size: the size of the model's vocabulary (``len(tokenizer)`` when omitted).
+        name: a label for messages and reports (``model``, else ``base_url``, by default).
         num_params: the model's parameter count (the default cost model), when known.
         api_key: sent as ``Authorization: Bearer <api_key>`` when given.
         k: the most top log-probabilities a request may ask for (1 to 20).
@@ -80,9 +81,9 @@ class OpenAIEngine(ServingEngine):
     def __init__(
         self,
         base_url: str,
-        model: str,
+        model: str | None = None,
         *,
-        vocab_size: int,
+        vocab_size: int | None = None,
         name: str | None = None,
         num_params: int | None = None,
         api_key: str | None = None,
@@ -95,11 +96,13 @@ class OpenAIEngine(ServingEngine):
         max_connections: int = 256,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
+        if vocab_size is None and tokenizer is not None:
+            vocab_size = len(tokenizer)
         _check_options(base_url, model, vocab_size, k, connect_timeout, read_timeout, max_connections)
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/completions"
         self.model = model
-        self.name = name if name is not None else model
+        self.name = name if name is not None else (model or self.base_url)
         self.vocab_size = vocab_size
         self.num_params = num_params
         self.k = k
@@ -189,7 +192,9 @@ class OpenAIEngine(ServingEngine):
         count = [0]
         headers = {"X-Request-Id": request.request_id} if request.request_id else {}
         try:
-            async with aconnect_sse(self._client_here(), "POST", self.url, json=body, headers=headers) as source:
+            client = self._client_here()
+            body["model"] = self.model or await self._served_model(client)
+            async with aconnect_sse(client, "POST", self.url, json=body, headers=headers) as source:
                 await _check_status(source.response)
                 events = aclosing(source.aiter_sse())
                 async with events as sse, aclosing(self._tokens(sse, request, count)) as tokens:
@@ -208,6 +213,19 @@ class OpenAIEngine(ServingEngine):
             raise UpstreamError(f"{where}: {what}: {type(exc).__name__}: {exc}", engine=self.name) from exc
         except httpx.HTTPError as exc:  # a reply httpx cannot decode
             raise UpstreamError(f"{where}: {type(exc).__name__}: {exc}", engine=self.name) from exc
+
+    async def _served_model(self, client: httpx.AsyncClient) -> str:
+        """The one model ``GET <base_url>/models`` lists (remembered); `UpstreamError` otherwise."""
+        response = await client.get(f"{self.base_url}/models")
+        await _check_status(response)
+        try:
+            ids = [card["id"] for card in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamError(f"GET {self.base_url}/models: not a model list: {response.text[:200]!r}") from None
+        if len(ids) != 1 or not isinstance(ids[0], str):
+            raise UpstreamError(f"GET {self.base_url}/models lists {ids[:5]}: name the model (model=...)")
+        self.model = ids[0]
+        return self.model
 
     async def _tokens(
         self, events: AsyncIterator[Any], request: EngineRequest, count: list[int]
@@ -242,8 +260,10 @@ def _check_options(
         raise ArgumentError(
             f"OpenAIEngine: base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', got {base_url!r}"
         )
-    if not isinstance(model, str) or not model:
-        raise ArgumentError(f"OpenAIEngine: model must be the served model's name, got {model!r}")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ArgumentError(f"OpenAIEngine: model must be the served model's name (or None), got {model!r}")
+    if vocab_size is None:
+        raise ArgumentError("OpenAIEngine: vocab_size is needed (or a tokenizer to take its length)")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ArgumentError(f"OpenAIEngine: vocab_size must be an integer >= 1, got {vocab_size!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:

@@ -342,3 +342,29 @@ def test_a_fault_on_one_request_leaves_concurrent_requests_whole():
     assert isinstance(results[0], UpstreamError) and "broke after 2 tokens" in str(results[0])
     for prompt, tokens in zip(prompts[1:], results[1:], strict=True):
         assert tokens == LM.greedy(prompt, 12)
+
+
+def test_the_model_name_is_asked_of_the_server_when_not_given():
+    class Tokenizer:
+        eos_token_id = None
+
+        def __len__(self):
+            return VOCAB
+
+    with FakeOpenAI(LM, model="served-name") as fake:
+        engine = OpenAIEngine(fake.base_url, tokenizer=Tokenizer())
+        assert engine.vocab_size == VOCAB and engine.name == fake.base_url
+        tokens = collect(engine, request(max_tokens=3))
+        assert engine.model == "served-name" and fake.requests[0].body["model"] == "served-name"
+    assert [t.token for t in tokens] == LM.greedy(PROMPT, 3)
+
+
+def test_a_server_listing_several_models_needs_the_name():
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "a"}, {"id": "b"}]})
+
+    engine = OpenAIEngine("http://upstream.test/v1", vocab_size=VOCAB, transport=httpx.MockTransport(handler))
+    with pytest.raises(UpstreamError, match=r"lists \['a', 'b'\]: name the model"):
+        collect(engine, request())
+    with pytest.raises(ArgumentError, match="vocab_size is needed"):
+        OpenAIEngine("http://upstream.test/v1", "m")
