@@ -353,9 +353,24 @@ def _openai_entries(block: dict, k: int, token_ids: Any) -> list[_Entry]:
     for token, top, logprob in zip(ids, tops, logprobs, strict=True):
         if not isinstance(top, dict):
             raise UpstreamError(f"malformed 'top_logprobs' entry {top!r:.80}")
-        pairs = sorted(((_key_id(key), _logprob(value)) for key, value in top.items()), key=lambda p: -p[1])
-        out.append(_entry(token, pairs, _logprob(logprob), k))
+        out.append(_entry(token, _top_pairs(top), _logprob(logprob), k))
     return out
+
+
+def _top_pairs(top: dict) -> list[tuple[int, float]]:
+    """The ``(id, log-probability)`` pairs of a ``{"token_id:N": logprob}`` map, most likely first."""
+    n = len(_ID_PREFIX)
+    pairs = [(int(key[n:]) if key[:n] == _ID_PREFIX else _key_id(key), value) for key, value in top.items()]
+    if not all(type(v) is float and -math.inf <= v <= 1e-3 for _, v in pairs):  # NaN fails the comparison
+        pairs = [(i, _logprob(v)) for i, v in pairs]
+    pairs.sort(key=_second, reverse=True)
+    if pairs and pairs[0][1] > 0.0:
+        pairs = [(i, min(v, 0.0)) for i, v in pairs]
+    return pairs
+
+
+def _second(pair: tuple[int, float]) -> float:
+    return pair[1]
 
 
 def _llamacpp_entries(content: Any, k: int) -> list[_Entry]:
@@ -367,7 +382,7 @@ def _llamacpp_entries(content: Any, k: int) -> list[_Entry]:
         if not isinstance(item, dict) or not isinstance(item.get("top_logprobs"), list):
             raise UpstreamError(f"malformed 'logprobs.content' entry {item!r:.120}")
         pairs = [(_int_id(top.get("id")), _logprob(top.get("logprob"))) for top in item["top_logprobs"]]
-        pairs.sort(key=lambda p: -p[1])
+        pairs.sort(key=_second, reverse=True)
         out.append(_entry(_int_id(item.get("id")), pairs, _logprob(item.get("logprob")), k))
     return out
 
