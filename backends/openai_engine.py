@@ -360,7 +360,10 @@ def _openai_entries(block: dict, k: int, token_ids: Any) -> list[_Entry]:
 def _top_pairs(top: dict) -> list[tuple[int, float]]:
     """The ``(id, log-probability)`` pairs of a ``{"token_id:N": logprob}`` map, most likely first."""
     n = len(_ID_PREFIX)
-    pairs = [(int(key[n:]) if key[:n] == _ID_PREFIX else _key_id(key), value) for key, value in top.items()]
+    try:
+        pairs = [(int(key[n:]) if key[:n] == _ID_PREFIX else _key_id(key), value) for key, value in top.items()]
+    except (ValueError, TypeError):  # "token_id:x": refused by the careful reading
+        pairs = [(_key_id(key), value) for key, value in top.items()]
     if not all(type(v) is float and -math.inf <= v <= 1e-3 for _, v in pairs):  # NaN fails the comparison
         pairs = [(i, _logprob(v)) for i, v in pairs]
     pairs.sort(key=_second, reverse=True)

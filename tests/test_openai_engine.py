@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 
 import numpy as np
@@ -368,3 +370,46 @@ def test_a_server_listing_several_models_needs_the_name():
         collect(engine, request())
     with pytest.raises(ArgumentError, match="vocab_size is needed"):
         OpenAIEngine("http://upstream.test/v1", "m")
+
+
+def sse_engine(*events: dict | str) -> OpenAIEngine:
+    """An engine whose server answers every request with these events, then ``[DONE]``."""
+    body = b"".join(b"data: " + (e if isinstance(e, str) else json.dumps(e)).encode() + b"\n\n" for e in events)
+    body += b"data: [DONE]\n\n"
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return OpenAIEngine("http://upstream.test/v1", "m", vocab_size=VOCAB, transport=httpx.MockTransport(handler))
+
+
+def vllm_event(top: dict, token: str = "token_id:3", logprob=-0.5, finish=None) -> dict:
+    block = {"tokens": [token], "token_logprobs": [logprob], "top_logprobs": [top], "text_offset": [0]}
+    return {"choices": [{"index": 0, "text": "x", "logprobs": block, "finish_reason": finish}]}
+
+
+def test_top_maps_are_sorted_by_log_probability_and_rounding_above_zero_is_clamped():
+    top = {"token_id:5": -2.0, "token_id:3": 1e-5, "token_id:9": -1, "token_id:1": -float("inf")}
+    (token,) = collect(sse_engine(vllm_event(top, logprob=1e-5)), request(top_k=4, max_tokens=1))
+    assert token.token == 3 and token.logprob == 0.0
+    assert token.top_ids == (3, 9, 5, 1) and token.top_logprobs == (0.0, -1.0, -2.0, -float("inf"))
+    assert token.finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (vllm_event({"token_id:3": float("nan")}), "malformed log-probability nan"),
+        (vllm_event({"token_id:3": 0.5}), "malformed log-probability 0.5"),
+        (vllm_event({"token_id:3": "-1"}), "malformed log-probability '-1'"),
+        (vllm_event({"token_id:x": -1.0}), "names tokens by text"),
+        (vllm_event({"token_id:3": -1.0}, token="the"), "names tokens by text ('the')"),
+        ({"choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": None}]}, "ignored 'logprobs'"),
+        ({"choices": [{"index": 1, "text": "x"}]}, "one choice of index 0"),
+        ({"choices": [{"index": 0, "logprobs": {"content": [{"id": -1}]}}]}, "malformed 'logprobs.content'"),
+        ({"choices": [{"index": 0, "logprobs": {"tokens": ["token_id:1"], "top_logprobs": []}}]}, "must be lists"),
+    ],
+)
+def test_unreadable_events_are_upstream_errors(event, message):
+    with pytest.raises(UpstreamError, match="engine 'm' .*" + re.escape(message)):
+        collect(sse_engine(event), request(top_k=1))
