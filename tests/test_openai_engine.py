@@ -9,6 +9,8 @@ import socket
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("httpx")
 pytest.importorskip("httpx_sse")
@@ -413,3 +415,38 @@ def test_top_maps_are_sorted_by_log_probability_and_rounding_above_zero_is_clamp
 def test_unreadable_events_are_upstream_errors(event, message):
     with pytest.raises(UpstreamError, match="engine 'm' .*" + re.escape(message)):
         collect(sse_engine(event), request(top_k=1))
+
+
+@pytest.fixture(scope="module")
+def servers():
+    with FakeOpenAI(LM) as vllm_like, FakeOpenAI(LM, dialect="llama.cpp") as llamacpp_like:
+        yield {"vllm": vllm_like, "llama.cpp": llamacpp_like}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dialect=st.sampled_from(["vllm", "llama.cpp"]),
+    prompt=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=5),
+    max_tokens=st.integers(1, 12),
+    top_k=st.integers(0, 20),
+    per_chunk=st.integers(1, 4),
+)
+def test_property_the_stream_is_the_models_greedy_path_with_its_top_k(
+    servers, dialect, prompt, max_tokens, top_k, per_chunk
+):
+    fake = servers[dialect]
+    fake.tokens_per_chunk = per_chunk
+    engine = OpenAIEngine(fake.base_url, fake.model, vocab_size=VOCAB, k=20)
+    tokens = collect(engine, EngineRequest(tuple(prompt), max_tokens, top_k=top_k))
+    assert [t.token for t in tokens] == LM.greedy(prompt, max_tokens)
+    assert [t.finish_reason for t in tokens] == [None] * (max_tokens - 1) + ["length"]
+    context = list(prompt)
+    for t in tokens:
+        logprobs = LM.logprobs(context)
+        if top_k:
+            assert t.top_ids == tuple(int(i) for i in np.argsort(-logprobs, kind="stable")[:top_k])
+            assert t.top_logprobs == tuple(float(logprobs[i]) for i in t.top_ids)
+        else:
+            assert t.top_ids is None and t.top_logprobs is None
+        assert t.logprob == float(logprobs[t.token])
+        context.append(t.token)
