@@ -26,6 +26,7 @@ from ead_sdk.errors import (
     HostSyncError,
     MissingStepFieldError,
     ModelCountError,
+    ModelSourceError,
     ObserverError,
     ParameterError,
     PluginError,
@@ -51,6 +52,7 @@ from ead_sdk.errors import (
     UserError,
     WeightsIntegrityError,
 )
+from ead_sdk.handoff import HandoffRouter
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
 from ead_sdk.params import REQUIRED, Param
@@ -92,10 +94,12 @@ __all__ = [
     "EntropyBounds",
     "Escalation",
     "GenerateResult",
+    "HandoffRouter",
     "HostSyncError",
     "LaneResult",
     "MissingStepFieldError",
     "ModelCountError",
+    "ModelSourceError",
     "ObserverError",
     "Param",
     "ParameterError",
