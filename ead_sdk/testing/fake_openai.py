@@ -7,10 +7,13 @@ HTTP error, a connection that breaks mid-way, a stall, a slow stream, a malforme
 event, a body that ends without ``data: [DONE]``. Every request is recorded (`FakeRequest`: its
 body, the tokens sent, whether the client went away), so a test can check what reached the server.
 
-It is a plain ASGI application served by uvicorn on 127.0.0.1 in a background thread. Real sockets
-matter here: timeouts, broken chunked bodies and a client closing its stream (the server sees the
-disconnect and stops generating) behave as they do against a real server, which an in-process
-transport (httpx's ``ASGITransport`` reads the whole body before returning) cannot show.
+It is a plain ASGI application served by uvicorn (the ASGI server vLLM and SGLang themselves run
+on) on 127.0.0.1, in a background thread with its own event loop. Real sockets matter here:
+timeouts, broken chunked bodies and a client closing its stream (the server sees the disconnect
+and stops generating) behave as they do against a real server, which an in-process transport
+cannot show (httpx's ``ASGITransport`` reads the whole body before returning). No web framework:
+the fake must decide every byte it sends and notice a disconnect while it sleeps, which a
+framework's streaming response hides. Several fakes can run at once (one per model of a ladder).
 
     with FakeOpenAI(ToyLM(vocab_size=64), faults=[None, Fault.disconnect(after=3)]) as fake:
         engine = OpenAIEngine(fake.base_url, fake.model, vocab_size=64)
