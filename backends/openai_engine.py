@@ -17,7 +17,9 @@ What each server returns, and what this engine reads (token ids, never text keys
   ``{"id", "token", "bytes", "logprob", "top_logprobs": [{"id", "token", "bytes", "logprob"}]}``:
   ids are given; read as such. The finish reason comes in an event of its own after the last token,
   so the engine also ends a request itself at an id of ``eos_token_ids`` or ``stop_token_ids``
-  (llama.cpp ignores ``stop_token_ids``).
+  (llama.cpp ignores ``stop_token_ids``). It sends no log-probabilities for ``logprobs: 0``, so the
+  engine asks for at least 1; some older releases cap ``logprobs`` at 5 (a larger k is then
+  refused: the reply has fewer top log-probabilities than asked).
 - **SGLang**: its OpenAI ``/v1/completions`` keys ``top_logprobs`` by token text only and has no
   switch to ids; such a reply is refused with an `UpstreamError` saying so (its native
   ``/generate`` API gives ids but is not OpenAI-compatible and not supported here).
@@ -158,7 +160,7 @@ class OpenAIEngine(ServingEngine):
             prompt=[int(t) for t in request.prompt],
             max_tokens=request.max_tokens,
             stream=True,
-            logprobs=request.top_k,
+            logprobs=max(request.top_k, 1),  # ids come with the log-probabilities (llama.cpp sends none for 0)
             return_tokens_as_token_ids=True,
             temperature=float(sampling.temperature) if sampling.do_sample else 0.0,
         )

@@ -154,7 +154,7 @@ def test_a_server_returning_fewer_top_logprobs_than_asked_is_refused():
 def test_top_k_zero_streams_tokens_without_top_lists():
     with FakeOpenAI(LM) as fake:
         tokens = collect(engine_for(fake), request(top_k=0, max_tokens=4))
-        assert fake.requests[0].body["logprobs"] == 0
+        assert fake.requests[0].body["logprobs"] == 1
     assert [t.token for t in tokens] == LM.greedy(PROMPT, 4)
     assert all(t.top_ids is None and t.top_logprobs is None and t.logprob is not None for t in tokens)
 
