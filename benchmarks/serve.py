@@ -98,12 +98,14 @@ def start_serve(spec: dict, small: str, large: str, tokenizer: Path, folder: Pat
     raise RuntimeError("ead serve did not start")
 
 
-async def one_request(client: openai.AsyncOpenAI, model: str, prompt: list[int], max_tokens: int) -> dict:
+async def one_request(
+    client: openai.AsyncOpenAI, model: str, prompt: list[int], max_tokens: int, logprobs: int | None
+) -> dict:
     """Stream one completion; the arrival time of every chunk that carries text."""
     start = time.perf_counter()
     times = []
     stream = await client.completions.create(
-        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True
+        model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True, logprobs=logprobs
     )
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].text:
@@ -113,14 +115,15 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: list[int],
     return {"ttft": times[0] - start, "itl": statistics.fmean(gaps), "latency": end - start, "tokens": len(times)}
 
 
-async def run_load(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> dict:
+async def run_load(target: tuple, requests: int, concurrency: int, max_tokens: int) -> dict:
     """Send ``requests`` streaming completions, ``concurrency`` at a time; medians of each figure."""
+    base_url, model, logprobs = target
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> dict:
         async with gate:
-            return await one_request(client, model, [1 + i % 60, 2 + i % 50, 3], max_tokens)
+            return await one_request(client, model, [1 + i % 60, 2 + i % 50, 3], max_tokens, logprobs)
 
     try:
         rows = await asyncio.gather(*[one(i) for i in range(requests)])
@@ -137,24 +140,18 @@ def _row(label: str, base: dict, got: dict) -> str:
     return " ".join(cells)
 
 
-def measure(urls: dict[str, str], args: argparse.Namespace) -> None:
+def measure(targets: dict[str, tuple], args: argparse.Namespace) -> None:
     """Warm up each target, then time each at each concurrency, side by side."""
-    for name, url in urls.items():
-        asyncio.run(run_load(url, _model(name), 4, 4, 4))  # connections, first-request costs
+    for target in targets.values():
+        asyncio.run(run_load(target, 4, 4, 4))  # connections, first-request costs
     print(f"{'':<24} {'TTFT':<32} {'inter-token':<32} {'request':<32}")
     for concurrency in (1, 16):
         requests = max(args.requests, concurrency * 2)
-        results = {
-            n: asyncio.run(run_load(u, _model(n), requests, concurrency, args.max_tokens)) for n, u in urls.items()
-        }
+        results = {n: asyncio.run(run_load(t, requests, concurrency, args.max_tokens)) for n, t in targets.items()}
         base = results["upstream directly"]
         print(f"concurrency {concurrency}, {requests} requests of {args.max_tokens} tokens (medians):")
         for name, got in results.items():
             print(_row(name, base, got))
-
-
-def _model(name: str) -> str:
-    return "small" if name == "upstream directly" else "ead-router"
 
 
 def main() -> None:
@@ -180,12 +177,13 @@ def main() -> None:
             procs.append(switch_proc)
             delay_ms = args.token_delay * 1e3
             print(f"fake upstreams at {delay_ms:g} ms a token; ead serve and each upstream in its own process")
-            urls = {
-                "upstream directly": small,
-                "ead serve (fixed small)": fixed_url,
-                "ead serve (switching)": switch_url,
+            targets = {
+                "upstream directly": (small, "small", None),
+                "upstream, top-8 logprobs": (small, "small", 8),  # what the router asks the upstream for
+                "ead serve (fixed small)": (fixed_url, "ead-router", None),
+                "ead serve (switching)": (switch_url, "ead-router", None),
             }
-            measure(urls, args)
+            measure(targets, args)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
