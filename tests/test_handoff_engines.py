@@ -36,6 +36,7 @@ def engines(smollm2_small, smollm2_large):
         cpu_cores=(core,),
         max_model_len=512,
         max_num_seqs=8,
+        enforce_eager=True,  # no graph compilation: starts in seconds on a shared CPU
         engine_args={"enable_prefix_caching": True},
     )
     small = vllm_engine.VLLMEngine(smollm2_small, name="small", options=options)
