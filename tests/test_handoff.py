@@ -159,7 +159,7 @@ def test_generate_sync_refuses_an_empty_batch_and_bad_prompts():
 def test_open_lane_needs_a_running_loop():
     traces = synthetic_traces(1, 5, k=K, seed=0)
     router = HandoffRouter(TraceEngine.ladder(traces), ead_sdk.load_policy(SPECS[0]))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ead_sdk.DecodeStreamError, match="running event loop"):
         router.open_lane([1, 2, 3])
     assert asyncio.run(router.generate([traces[0].prompt_ids.tolist()], max_new_tokens=3)).lanes[0].tokens
 

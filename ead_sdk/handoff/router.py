@@ -124,7 +124,13 @@ class HandoffRouter:
         return lane
 
     def _bind_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise DecodeStreamError(
+                "open_lane starts a lane at once and needs a running event loop: call it from async code "
+                "(or use generate_sync from synchronous code)"
+            ) from None
         if self._loop is not loop:
             if self._open:
                 raise DecodeStreamError("this HandoffRouter has lanes open in another event loop")
