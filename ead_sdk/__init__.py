@@ -26,6 +26,7 @@ from ead_sdk.errors import (
     HostSyncError,
     MissingStepFieldError,
     ModelCountError,
+    ModelSourceError,
     ObserverError,
     ParameterError,
     PluginError,
@@ -63,7 +64,8 @@ from ead_sdk.registry import (
     plugin_problems,
     reload_plugins,
 )
-from ead_sdk.signals import EntropyBounds, entropy, from_nats, to_nats, topk_entropy_bounds
+from ead_sdk.signal_spec import SignalSpec
+from ead_sdk.signals import EntropyBounds, entropy, from_nats, to_nats, topk_entropy_bounds, topk_entropy_estimate
 from ead_sdk.specs import load_policy, save_policy
 from ead_sdk.state import concat_states, lane_count, mask_state, select_lanes
 
@@ -98,6 +100,7 @@ __all__ = [
     "LaneResult",
     "MissingStepFieldError",
     "ModelCountError",
+    "ModelSourceError",
     "ObserverError",
     "Param",
     "ParameterError",
@@ -121,6 +124,7 @@ __all__ = [
     "RowRecord",
     "Sampling",
     "SignalError",
+    "SignalSpec",
     "SignalUnavailableError",
     "SpecError",
     "SpecVersionError",
@@ -154,4 +158,5 @@ __all__ = [
     "sum_reports",
     "to_nats",
     "topk_entropy_bounds",
+    "topk_entropy_estimate",
 ]
