@@ -24,23 +24,22 @@ pytest.importorskip("httpx_sse")
 pytest.importorskip("uvicorn")
 openai_engine = pytest.importorskip("ead_sdk.backends.openai_engine", reason="the OpenAI-compatible adapter")
 fake_openai = pytest.importorskip("ead_sdk.testing.fake_openai")
-if not hasattr(ead_sdk.signals, "topk_entropy_estimate"):
-    pytest.skip("the top-k entropy estimator is not in this ead_sdk", allow_module_level=True)
 
 K = 5
 PROMPTS = [[i, (5 * i + 1) % 64, (11 * i + 3) % 64] for i in range(8)]
 
 
-def topk_policy(escalation: str, threshold: float):
-    policy = ead_sdk.load_policy(
-        {
-            "policy": "rolling_entropy",
-            "params": {"threshold": threshold, "window": 1, "unit": "nats"},
-            "escalation": escalation,
-        }
-    )
-    policy.signal = SignalSpec.topk(K)
-    return policy
+def topk_spec(escalation: str, threshold: float = 1.0) -> dict:
+    return {
+        "policy": "rolling_entropy",
+        "params": {"threshold": threshold, "window": 1, "unit": "nats"},
+        "escalation": escalation,
+        "signal": {"kind": "topk_entropy", "k": K},
+    }
+
+
+def topk_policy(escalation: str, threshold: float = 1.0):
+    return ead_sdk.load_policy(topk_spec(escalation, threshold))
 
 
 def run(policy, faults=None, **engine_options):
@@ -80,8 +79,8 @@ def test_lanes_over_http_emit_each_models_greedy_tokens_and_replay(escalation):
         for tok, m in zip(lane.tokens, lane.models, strict=True):
             assert tok == int(np.argmax(lms[m].logprobs(context)))
             context.append(tok)
-        fresh = ead_sdk.load_policy(lane_policy_spec(escalation))
-        fresh.signal = SignalSpec.topk(K)
+        fresh = ead_sdk.load_policy(topk_spec(escalation))
+        assert fresh.signal == SignalSpec.topk(K)
         assert lane.decisions.replay(fresh).tolist() == lane.decisions.route.tolist()
     assert result.report.switches > 0 and result.report.emitted[1] > 0
     for f in fakes:
