@@ -1,6 +1,8 @@
 """Model execution behind the decode loop: the transformers model ladder and the trace backend.
 
-Imported lazily, so ``import ead_sdk.backends`` loads neither torch nor transformers.
+Also the serving-engine adapters of the lane hand-off router (`OpenAIEngine`: an OpenAI-compatible
+server over HTTP). Imported lazily, so ``import ead_sdk.backends`` loads neither torch,
+transformers nor httpx.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from ead_sdk.lazy_exports import lazy_exports
 
 _EXPORTS = {
+    "OpenAIEngine": "ead_sdk.backends.openai_engine",
     "TraceBackend": "ead_sdk.backends.trace",
     "TraceSession": "ead_sdk.backends.trace",
     "TransformersBackend": "ead_sdk.backends.hf",

@@ -26,6 +26,7 @@ from ead_sdk.errors import (
     HostSyncError,
     MissingStepFieldError,
     ModelCountError,
+    ModelSourceError,
     ObserverError,
     ParameterError,
     PluginError,
@@ -51,6 +52,7 @@ from ead_sdk.errors import (
     UserError,
     WeightsIntegrityError,
 )
+from ead_sdk.handoff import HandoffRouter
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
 from ead_sdk.params import REQUIRED, Param
@@ -62,7 +64,8 @@ from ead_sdk.registry import (
     plugin_problems,
     reload_plugins,
 )
-from ead_sdk.signals import EntropyBounds, entropy, from_nats, to_nats, topk_entropy_bounds
+from ead_sdk.signal_spec import SignalSpec
+from ead_sdk.signals import EntropyBounds, entropy, from_nats, to_nats, topk_entropy_bounds, topk_entropy_estimate
 from ead_sdk.specs import load_policy, save_policy
 from ead_sdk.state import concat_states, lane_count, mask_state, select_lanes
 
@@ -92,10 +95,12 @@ __all__ = [
     "EntropyBounds",
     "Escalation",
     "GenerateResult",
+    "HandoffRouter",
     "HostSyncError",
     "LaneResult",
     "MissingStepFieldError",
     "ModelCountError",
+    "ModelSourceError",
     "ObserverError",
     "Param",
     "ParameterError",
@@ -119,6 +124,7 @@ __all__ = [
     "RowRecord",
     "Sampling",
     "SignalError",
+    "SignalSpec",
     "SignalUnavailableError",
     "SpecError",
     "SpecVersionError",
@@ -152,4 +158,5 @@ __all__ = [
     "sum_reports",
     "to_nats",
     "topk_entropy_bounds",
+    "topk_entropy_estimate",
 ]
