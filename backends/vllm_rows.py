@@ -10,12 +10,16 @@ This module imports neither vLLM nor torch at import time.
 
 from __future__ import annotations
 
+import functools
+import logging
 import queue
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,10 +126,21 @@ class HostCopies:
         deliver: called with the host (numpy) arrays and the batch's host-side metadata.
         device: the device the tensors live on.
         threaded: deliver on the background thread even on CPU (for slow consumers, e.g. a writer).
+        idle: called on the thread when nothing arrived for ``idle_s`` seconds.
     """
 
-    def __init__(self, deliver: Callable[[list[Any], Any], None], device: Any, *, threaded: bool):
+    def __init__(
+        self,
+        deliver: Callable[[list[Any], Any], None],
+        device: Any,
+        *,
+        threaded: bool,
+        idle: Callable[[], None] | None = None,
+        idle_s: float = 0.25,
+    ):
         self.deliver = deliver
+        self.idle = idle
+        self.idle_s = idle_s
         self.on_cpu = getattr(device, "type", str(device)) == "cpu"
         self.threaded = threaded or not self.on_cpu
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -148,18 +163,30 @@ class HostCopies:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.idle_s if self.idle else None)
+            except queue.Empty:
+                self._guarded(self.idle)
+                continue
             try:
                 if item is None:
                     return
                 event, tensors, meta = item
                 if event is not None:
                     event.synchronize()
-                self.deliver([t.numpy() for t in tensors], meta)
-            except BaseException as exc:  # noqa: BLE001 - kept for the owner to report; the engine runs on
-                self.failure = exc
+                self._guarded(functools.partial(self.deliver, [t.numpy() for t in tensors], meta))
             finally:
                 self._queue.task_done()
+
+    def _guarded(self, call: Callable[[], None] | None) -> None:
+        """Run ``call``; a failure is logged and kept (the engine serves on without its records)."""
+        if call is None:
+            return
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001
+            self.failure = exc
+            logger.exception("ead_sdk: delivering a logits processor's values failed")
 
     def drain(self) -> None:
         """Wait until everything submitted so far was delivered."""

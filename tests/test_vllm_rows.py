@@ -127,3 +127,12 @@ def test_released_by_vllm_sees_whether_vllm_still_holds_the_list():
     assert not released_by_vllm(row)
     del held  # the request ended: vLLM dropped its state
     assert released_by_vllm(row)
+
+
+def test_importing_the_sdk_does_not_import_vllm():
+    import subprocess
+    import sys
+
+    code = "import sys, ead_sdk, ead_sdk.backends as b; b.__all__; print('vllm' in sys.modules, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
