@@ -1,8 +1,8 @@
-"""Model execution behind the decode loop: the transformers model ladder and the trace backend.
+"""Model execution: the transformers model ladder, the trace backend, and the serving-engine adapters.
 
-Also the serving-engine adapters of the lane hand-off router (`OpenAIEngine`: an OpenAI-compatible
-server over HTTP). Imported lazily, so ``import ead_sdk.backends`` loads neither torch,
-transformers nor httpx.
+Adapters of the lane hand-off router: `OpenAIEngine` (an OpenAI-compatible server over HTTP) and
+`VLLMEngine` (vLLM in process). Imported lazily, so ``import ead_sdk.backends`` loads neither torch,
+transformers, httpx nor vLLM.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ _EXPORTS = {
     "TraceSession": "ead_sdk.backends.trace",
     "TransformersBackend": "ead_sdk.backends.hf",
     "TransformersSession": "ead_sdk.backends.hf",
+    "VLLMEngine": "ead_sdk.backends.vllm_engine",
+    "VLLMOptions": "ead_sdk.backends.vllm_engine",
+    "EntropyProcessor": "ead_sdk.backends.vllm_entropy",
+    "RecordingOptions": "ead_sdk.backends.vllm_recording",
+    "TraceRecorder": "ead_sdk.backends.vllm_recording",
+    "with_scored_models": "ead_sdk.backends.vllm_recording",
 }
 
 __all__ = sorted(_EXPORTS)
