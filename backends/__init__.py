@@ -8,6 +8,7 @@ from __future__ import annotations
 from ead_sdk.lazy_exports import lazy_exports
 
 _EXPORTS = {
+    "LlamaCppEngine": "ead_sdk.backends.llamacpp_engine",
     "TraceBackend": "ead_sdk.backends.trace",
     "TraceSession": "ead_sdk.backends.trace",
     "TransformersBackend": "ead_sdk.backends.hf",
