@@ -328,7 +328,7 @@ class LlamaCppEngine(ServingEngine):
         memory = self._lib.llama_get_memory(llm.ctx)
         if not self.prefix_cache or reuse <= 0 or not self._lib.llama_memory_seq_rm(memory, -1, reuse, -1):
             reuse = 0
-            llm.reset()
+            self._lib.llama_memory_clear(memory, True)  # a fresh cache: same cell layout as a new context
         llm.n_tokens = reuse
         llm.eval(list(prompt[reuse:]))
         with self._lock:

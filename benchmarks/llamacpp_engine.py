@@ -10,7 +10,9 @@ load drifts on a shared machine hit every contender alike. Contenders:
 - ``engine``: ``LlamaCppEngine.stream`` (exact entropy and the drawn token's log-probability);
 - ``engine_top20``: the same with the top-20 log-probabilities.
 
-Every contender must emit the same tokens, or the script fails. Prints one line per contender,
+Every run starts from an empty cache (the engine with ``prefix_cache=False``): llama.cpp's logits
+depend on whether a token was read alone or in a batch, so a reused prefix could change a
+near-tie. Every contender must then emit the same tokens, or the script fails. Prints one line per contender,
 then ``engine_vs_direct=<r> engine_vs_direct_entropy=<s>`` (ratios of tokens/s; 1.0 = no cost).
 """
 
@@ -30,7 +32,10 @@ import numpy as np
 from ead_sdk.backends.llamacpp_engine import LlamaCppEngine, load_llama, row_signals
 from ead_sdk.serving import EngineRequest
 
-TEXT = "Write a short story about a lighthouse keeper who finds a message in a bottle. Once upon a time,"
+TEXT = (
+    "<|im_start|>user\nWrite a long story about a lighthouse keeper who finds a message in a bottle.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 def smollm2_gguf() -> Path:
@@ -38,11 +43,18 @@ def smollm2_gguf() -> Path:
     return Path(entry.locate()).resolve()
 
 
+def fresh(llm: Any) -> None:
+    """Start from an empty cache, as the engine does with prefix_cache=False (see the module docstring)."""
+    llm.reset()
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+
+
 def direct(llm: Any, prompt: list[int], n: int) -> list[int]:
+    fresh(llm)
     out = []
     for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0):
         out.append(int(token))
-        if len(out) == n:
+        if len(out) == n or llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token):
             break
     return out
 
@@ -50,7 +62,7 @@ def direct(llm: Any, prompt: list[int], n: int) -> list[int]:
 def direct_entropy(llm: Any, prompt: list[int], n: int) -> list[int]:
     sampler = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     llama_cpp.llama_sampler_chain_add(sampler, llama_cpp.llama_sampler_init_greedy())
-    llm.reset()
+    fresh(llm)
     llm.eval(prompt)
     out: list[int] = []
     vocab = llm.n_vocab()
@@ -60,7 +72,7 @@ def direct_entropy(llm: Any, prompt: list[int], n: int) -> list[int]:
             token = int(llama_cpp.llama_sampler_sample(sampler, llm.ctx, -1))
             row_signals(row, token)
             out.append(token)
-            if len(out) == n:
+            if len(out) == n or llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token):
                 return out
             llm.eval([token])
     finally:
@@ -94,8 +106,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     gguf = args.gguf or smollm2_gguf()
     llm = load_llama(gguf, n_ctx=1024, n_threads=1, n_threads_batch=1, verbose=False)
-    engine = LlamaCppEngine(gguf, n_ctx=1024, threads=1)
-    prompt = llm.tokenize(TEXT.encode(), add_bos=False)
+    engine = LlamaCppEngine(gguf, n_ctx=1024, threads=1, prefix_cache=False)
+    prompt = llm.tokenize(TEXT.encode(), add_bos=False, special=True)
     n = args.tokens
     fns = {
         "direct": lambda: direct(llm, prompt, n),
@@ -109,11 +121,20 @@ def main() -> None:
         engine.close()
         llm.close()
     if any(out != outs["direct"] for out in outs.values()):
-        raise SystemExit(f"contenders disagree on the tokens: { {k: v[:8] for k, v in outs.items()} }")
+        raise SystemExit(
+            f"contenders disagree on the tokens: { {k: v[:8] + ['...'] + v[-4:] for k, v in outs.items()} }"
+        )
+    n = len(outs["direct"])
+    row = np.random.default_rng(0).normal(0, 4, engine.vocab_size).astype(np.float32)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        row_signals(row, 0, 20)
+    signal_ms = (time.perf_counter() - t0) / 200 * 1e3
     rate = {name: n / seconds for name, seconds in best.items()}
     print(f"{gguf.name}, prompt {len(prompt)} tokens, {n} tokens greedy, 1 thread, best of {args.repeats}")
     for name, r in rate.items():
         print(f"{name:15s} {r:8.1f} tokens/s  {1e3 / r:6.2f} ms/token")
+    print(f"row_signals (entropy, logprob, top-20 over {engine.vocab_size} logits): {signal_ms:.3f} ms/token")
     print(
         f"engine_vs_direct={rate['engine'] / rate['direct']:.3f} "
         f"engine_vs_direct_entropy={rate['engine'] / rate['direct_entropy']:.3f}"
