@@ -27,6 +27,8 @@ from sybil import Sybil
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
 ROOT = Path(__file__).resolve().parent
+# Session fixtures shared by tests/ and the docs' code blocks: real model folders and engines.
+pytest_plugins = ["tests.engine_fixtures"]
 SHELL_TIMEOUT_S = 600
 
 

@@ -27,6 +27,7 @@ from ead_sdk.errors import (
     HostSyncError,
     MissingStepFieldError,
     ModelCountError,
+    ModelSourceError,
     ObserverError,
     ParameterError,
     PluginError,
@@ -52,6 +53,7 @@ from ead_sdk.errors import (
     UserError,
     WeightsIntegrityError,
 )
+from ead_sdk.handoff import HandoffRouter
 from ead_sdk.hookspecs import hookimpl, hookspec
 from ead_sdk.interface import Escalation, Policy, Routes, State, Step
 from ead_sdk.params import REQUIRED, Param
@@ -94,10 +96,12 @@ __all__ = [
     "EntropyBounds",
     "Escalation",
     "GenerateResult",
+    "HandoffRouter",
     "HostSyncError",
     "LaneResult",
     "MissingStepFieldError",
     "ModelCountError",
+    "ModelSourceError",
     "ObserverError",
     "Param",
     "ParameterError",

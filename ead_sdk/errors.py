@@ -147,6 +147,10 @@ class WeightsIntegrityError(SpecError):
     """A learned policy's weights file is missing, unreadable, or does not match its SHA-256."""
 
 
+class ModelSourceError(BackendError):
+    """A model's source cannot be read: the package that carries its weights is not installed, or is damaged."""
+
+
 class PolicyError(EadError):
     """A policy's ``decide`` failed, or returned routes or state that break the contract."""
 

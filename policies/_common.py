@@ -97,7 +97,7 @@ def push_window(
     slot = xp.where(slot == window, 0, slot)
     fill = xp.minimum(fill + step_on, window)
     # Lanes that never stepped: a total of 0 over 1.
-    mean = total / xp.astype(xp.maximum(fill, 1), total.dtype)
+    mean = total / xp.astype(xp.maximum(fill, xp.ones_like(fill)), total.dtype)
     return xp.permute_dims(xp.reshape(flat, (wmax, n)), (1, 0)), slot, fill, total, mean
 
 

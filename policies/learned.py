@@ -90,6 +90,8 @@ class LearnedPolicy(Policy):
             state.update({f"r_{k}": v for k, v in window_state(window, n, fdt, xp, **kw).items()})
         if "window" in names or "routes" in names:
             state["window"] = xp.full((n,), window, dtype=xp.int64, **kw)
+        # The weights go to the state's device now, once, so that no decide step copies them there.
+        self._layers(xp, cut.dtype, device_of(cut))
         return state
 
     def _top_id(self, step: Step, xp: Any) -> Any:
@@ -126,7 +128,9 @@ class LearnedPolicy(Policy):
             )
             new.update(e_history=h, e_slot=s, e_fill=f, e_total=tot)
         if "routes" in spec.names:
-            route_share = state["r_total"] / xp.astype(xp.maximum(state["r_fill"], 1), dtype)
+            route_share = state["r_total"] / xp.astype(
+                xp.maximum(state["r_fill"], xp.ones_like(state["r_fill"])), dtype
+            )
         x = feature_matrix(
             spec,
             xp,

@@ -45,8 +45,8 @@ def n_params(model: Any) -> int:
 def next_token_logprobs(model: Any, ids: list[int]) -> np.ndarray:
     """Reference: float64 log-softmax of ``model`` at every position of one unbatched, uncached forward."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-    return torch.log_softmax(logits, -1).numpy()
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].double()
+    return torch.log_softmax(logits, -1).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------ the shipped trace

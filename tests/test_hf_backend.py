@@ -80,7 +80,9 @@ def reference(
 
     def dist(model: int) -> Any:
         with torch.inference_mode():
-            return models[model](input_ids=torch.tensor([seq])).logits[0, -1, :vocab].float()
+            return (
+                models[model](input_ids=torch.tensor([seq], device=models[model].device)).logits[0, -1, :vocab].float()
+            )
 
     for t in range(steps):
         logits = dist(m)
@@ -118,7 +120,7 @@ def test_single_model_matches_transformers_generate(which: int) -> None:
     for prompt in ([5, 6, 7, 8, 9], [4], [10, 11, 12]):
         out = generate(backend, FixedPolicy(model=which), [prompt], max_new_tokens=12)
         with torch.inference_mode():
-            ids = torch.tensor([prompt])
+            ids = torch.tensor([prompt], device=model.device)  # the backend moved it (CUDA when present)
             ref = model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, eos_token_id=None
             )
@@ -194,8 +196,8 @@ def test_retry_reemits_from_larger_model() -> None:
     m = 0
     for tok, emitter in zip(out.tokens, out.models, strict=True):
         with torch.inference_mode():
-            logits_m = [SMALL, LARGE][m](input_ids=torch.tensor([seq])).logits[0, -1]
-            logits_l = LARGE(input_ids=torch.tensor([seq])).logits[0, -1]
+            logits_m = [SMALL, LARGE][m](input_ids=torch.tensor([seq], device=LARGE.device)).logits[0, -1]
+            logits_l = LARGE(input_ids=torch.tensor([seq], device=LARGE.device)).logits[0, -1]
         drawn = int(torch.argmax(logits_m))
         nxt = int((drawn * 7 // 3) % 2)
         if nxt > m:

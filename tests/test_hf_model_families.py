@@ -93,7 +93,7 @@ def test_one_model_matches_transformers_generate(family: str) -> None:
                 max_new_tokens=10,
             )
             with torch.inference_mode():
-                ids = torch.tensor([prompt])
+                ids = torch.tensor([prompt], device=model.device)
                 ref = model.generate(
                     ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, eos_token_id=None
                 )

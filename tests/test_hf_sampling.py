@@ -51,7 +51,9 @@ def test_warpers_that_keep_only_the_top_token_reduce_to_greedy(sampling):
     greedy = run()
     for prompt, tokens in zip(PROMPTS, greedy, strict=True):
         with torch.inference_mode():
-            logits = SMALL(input_ids=torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1, :VOCAB]
+            logits = SMALL(input_ids=torch.tensor([prompt + tokens], device=SMALL.device)).logits[
+                0, len(prompt) - 1 : -1, :VOCAB
+            ]
         top2 = torch.topk(torch.softmax(logits, -1), 2, dim=-1).values
         assert float((top2[:, 1] / top2[:, 0]).max()) < 0.97
     assert run(sampling) == greedy
@@ -75,7 +77,9 @@ def test_first_step_frequencies_match_the_warped_distribution():
     temperature, top_p, lanes = 1.5, 0.8, 4000
     prompt = [5, 6, 7]
     with torch.inference_mode():
-        logits = SMALL(input_ids=torch.tensor([prompt])).logits[0, -1, :VOCAB].double().numpy()
+        logits = (
+            SMALL(input_ids=torch.tensor([prompt], device=SMALL.device)).logits[0, -1, :VOCAB].double().cpu().numpy()
+        )
     want = expected_top_p(logits, temperature, top_p)
     kept = want > 0
     assert 3 <= kept.sum() < VOCAB  # top-p cuts the tail but leaves a choice

@@ -46,6 +46,20 @@ def test_decide_never_syncs_with_the_host(name):
         assert isinstance(routes, torch.Tensor) and routes.shape == (4,)
 
 
+def test_a_learned_router_reading_every_feature_never_syncs():
+    """Each feature's code path (the route share and token buckets too) stays on the device."""
+    from ead_sdk.router.features import FEATURES
+    from ead_sdk.testing.routers import example_router
+
+    policy = ead_sdk.load_policy({"policy": "learned", "params": {"router": example_router(features=FEATURES)}})
+    state = policy.init_state(4, torch)
+    routes = torch.zeros(4, dtype=torch.int64)
+    for step in steps(4, 64, 12):
+        with forbid_host_sync():
+            routes, state = policy.decide(state, dataclasses.replace(step, model=routes))
+    assert routes.shape == (4,)
+
+
 def _setitem(x, index, value):
     x[index] = value
 
@@ -115,7 +129,7 @@ def _to_device(step: ead_sdk.Step, device: str) -> ead_sdk.Step:
 @pytest.mark.parametrize("name", POLICIES)
 def test_decide_never_syncs_on_a_gpu(name):
     """On a GPU the runtime itself raises on a synchronising call inside each per-step decide."""
-    policy = ead_sdk.load_policy(name)
+    policy = ead_sdk.load_policy(example_spec(name))
     state = policy.init_state(4, torch, device="cuda")
     routes = torch.full((4,), policy.initial_model, dtype=torch.int64, device="cuda")
     cuda_steps = [_to_device(step, "cuda") for step in steps(4, 64, 12)]

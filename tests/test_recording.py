@@ -33,7 +33,7 @@ def backend(**kw: Any) -> TransformersBackend:
 def median_entropy() -> float:
     """A threshold in nats that makes rolling_entropy switch on these models."""
     with torch.inference_mode():
-        logits = SMALL(input_ids=torch.tensor([PROMPTS[0]])).logits[0].float()
+        logits = SMALL(input_ids=torch.tensor([PROMPTS[0]], device=SMALL.device)).logits[0].float()
     from ead_sdk.signals import entropy
 
     return float(entropy(logits).median())

@@ -12,11 +12,16 @@ from typing import Any
 import numpy as np
 
 
-def example_router(k: int = 4, hidden: int = 3, seed: int = 0) -> dict[str, Any]:
-    """A seeded random router (the ``router`` parameter of `learned`) reading ``k`` log-probabilities."""
+def example_router(
+    k: int = 4, hidden: int = 3, seed: int = 0, features: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """A seeded random router (the ``router`` parameter of `learned`) reading ``k`` log-probabilities.
+
+    ``features`` picks the router's inputs (default: `ead_sdk.router.features.DEFAULT_FEATURES`).
+    """
     from ead_sdk.router import FeatureSpec, RouterNetwork
 
-    spec = FeatureSpec(k=k)
+    spec = FeatureSpec(k=k) if features is None else FeatureSpec(tuple(features), k=k)
     rng = np.random.default_rng(seed)
     layers = (
         (rng.normal(size=(spec.width, hidden)), rng.normal(size=hidden)),
