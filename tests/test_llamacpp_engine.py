@@ -40,7 +40,7 @@ def engine(gguf):
 
 @pytest.fixture(scope="module")
 def prompt(engine):
-    return tuple(engine.tokenizer.encode(TEXT.decode(), add_bos=False))
+    return tuple(engine.tokenizer.encode(TEXT.decode()))
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def test_streamed_signals_equal_the_slow_reference_on_llama_cpp_logits(engine, p
     expected = entropy(rows)
     got = np.array([t.entropy for t in tokens])
     # the rows the engine reads one forward at a time are the rows llama.cpp's own table
-    # (logits_all=True) holds, bit for bit: only the float64 summation order differs (measured 2e-15)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    # (logits_all=True) holds, bit for bit; the engine computes in float32 (measured within 1e-6)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     logp = rows - np.logaddexp.reduce(rows, axis=-1, keepdims=True)
     for t, row in zip(tokens, logp, strict=True):
         assert t.top_ids == tuple(np.argsort(-row, kind="stable")[:5].tolist())
@@ -101,12 +101,14 @@ def test_row_signals_matches_the_sdk_entropy_on_hard_rows():
     rows = [rng.normal(0, 8, 4096), np.zeros(7), np.array([1e4, 0.0, -1e4]), np.array([3.0, 3.0, 1.0])]
     for row in rows:
         h, logprob, ids, logprobs = row_signals(row.astype(np.float32), 1, top_k=2)
-        assert h == pytest.approx(float(entropy(row.astype(np.float32).astype(np.float64))), abs=1e-9)
+        assert h == pytest.approx(float(entropy(row.astype(np.float32).astype(np.float64))), abs=1e-5)
         shifted = row - np.logaddexp.reduce(row)
         assert logprob == pytest.approx(shifted[1], abs=1e-4)
         assert list(ids) == sorted(range(len(row)), key=lambda i: (-row[i], i))[:2]
     with pytest.raises(ValueError, match="NaN or infinite"):
         row_signals(np.array([0.0, np.nan], dtype=np.float32), 0)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        row_signals(np.array([0.0, np.inf], dtype=np.float32), 0)
 
 
 def test_entropy_is_close_to_transformers_on_the_dequantized_weights(engine, gguf, prompt):
@@ -135,14 +137,14 @@ def test_stop_token_ids_and_end_of_sequence(engine, prompt, reference):
     tokens = collect(engine, EngineRequest(prompt, N, stop_token_ids=(stop,)))
     assert [t.token for t in tokens] == greedy[: greedy.index(stop) + 1]
     assert tokens[-1].finish_reason == "stop"
-    eos = engine.tokenizer.encode("<|im_end|>", add_bos=False, special=True)
+    eos = engine.tokenizer.encode("<|im_end|>")
     assert len(eos) == 1
-    chat = engine.tokenizer.encode(
-        "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True
-    )
+    chat = engine.tokenizer("<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
     tokens = collect(engine, EngineRequest(tuple(chat), 200))
     assert tokens[-1].finish_reason == "stop" and tokens[-1].token == eos[0]
     assert len(tokens) < 200
+    text = engine.tokenizer.decode([t.token for t in tokens])
+    assert text.endswith("<|im_end|>") and not engine.tokenizer.decode([eos[0]], skip_special_tokens=True)
 
 
 def test_sampling_is_seeded_and_honours_its_settings(engine, prompt, reference):
@@ -159,24 +161,28 @@ def test_sampling_is_seeded_and_honours_its_settings(engine, prompt, reference):
     assert run(seed=4, temperature=1e-4) == greedy  # a near-zero temperature is greedy
 
 
-def test_closing_the_stream_cancels_the_request_and_the_prefix_is_reused(gguf, prompt, reference):
-    eng = LlamaCppEngine(gguf, n_ctx=512)
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_closing_the_stream_cancels_the_request_and_the_prefix_is_reused(gguf, prompt, reference, lookahead):
+    eng = LlamaCppEngine(gguf, n_ctx=512, lookahead=lookahead)
 
     async def run():
         stream = eng.stream(EngineRequest(prompt, N, request_id="cut"))
         first = [await stream.__anext__() for _ in range(3)]
+        await asyncio.sleep(0.2)  # time to run ahead, if it may
         await stream.aclose()
-        # the context is free again at once, and it kept the prefix it had read
+        # the worker has stopped: the context holds the prompt, two generated tokens read alone
+        # (each decode step reads the token before) and at most `lookahead` more
+        held = eng._models[0].n_tokens
         before = eng.prompt_tokens_reused
         rest = [t async for t in eng.stream(EngineRequest(prompt + tuple(t.token for t in first), N - 3))]
-        return first, rest, eng.prompt_tokens_reused - before
+        return first, rest, held, eng.prompt_tokens_reused - before
 
     try:
-        first, rest, reused = asyncio.run(run())
+        first, rest, held, reused = asyncio.run(run())
     finally:
         eng.close()
-    # no forward past the third token: the cache held the prompt and two generated tokens, and
-    # the third is read alone, as an uninterrupted run reads it
+    assert held == len(prompt) + 2 + lookahead
+    # the continuation re-reads only the last token, alone, as the uninterrupted run read it
     assert reused == len(prompt) + 2
     assert [t.token for t in first + rest] == reference[0]
 
@@ -273,7 +279,8 @@ def test_closing_the_engine_ends_its_streams_with_an_error(gguf, prompt):
         await stream.__anext__()
         await eng.aclose()
         with pytest.raises(UpstreamError, match="was closed while the request ran"):
-            await stream.__anext__()
+            for _ in range(3):  # a token computed ahead (lookahead=1) may come first
+                await stream.__anext__()
         with pytest.raises(UpstreamError, match="is closed"):
             await eng.stream(EngineRequest(prompt, 5)).__anext__()
 
