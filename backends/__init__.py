@@ -11,6 +11,7 @@ from ead_sdk.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "OpenAIEngine": "ead_sdk.backends.openai_engine",
+    "LlamaCppEngine": "ead_sdk.backends.llamacpp_engine",
     "TraceBackend": "ead_sdk.backends.trace",
     "TraceSession": "ead_sdk.backends.trace",
     "TransformersBackend": "ead_sdk.backends.hf",

@@ -184,3 +184,7 @@ class UpstreamError(BackendError, RuntimeError):
         super().__init__(message)
         self.engine = engine
         self.lane = lane
+
+
+class EngineRequestError(UpstreamError, ValueError):
+    """A serving engine refused a request before running it (bad token ids, no room in its context...)."""
