@@ -11,7 +11,9 @@ is timed too, for reference (its hand-offs cost upstream prefill, not proxy work
 The same streaming requests (token-id prompts, greedy, ``--max-tokens``) are sent by the official
 ``openai`` client at concurrency 1 and 16 to the upstream directly and to ``ead serve``, and the
 script prints, per concurrency: time to first token, mean inter-token latency and request latency
-(medians over requests) and what the proxy adds to each, in milliseconds and percent.
+(medians over requests), what the proxy adds to each, in milliseconds and percent, and the CPU time
+the serving process spent per token (``/proc``; for the direct rows, the upstream's own), which
+says what bounds the added latency on a machine short of cores.
 
     python benchmarks/serve.py                       # fake upstreams, 20 ms a token
     python benchmarks/serve.py --token-delay 0.005 --requests 64
@@ -140,18 +142,28 @@ def _row(label: str, base: dict, got: dict) -> str:
     return " ".join(cells)
 
 
-def measure(targets: dict[str, tuple], args: argparse.Namespace) -> None:
-    """Warm up each target, then time each at each concurrency, side by side."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(targets: dict[str, tuple], pids: dict[str, int], args: argparse.Namespace) -> None:
+    """Warm up each target, then time each at each concurrency, side by side; CPU per token of each process."""
     for target in targets.values():
         asyncio.run(run_load(target, 4, 4, 4))  # connections, first-request costs
     print(f"{'':<24} {'TTFT':<32} {'inter-token':<32} {'request':<32}")
     for concurrency in (1, 16):
         requests = max(args.requests, concurrency * 2)
-        results = {n: asyncio.run(run_load(t, requests, concurrency, args.max_tokens)) for n, t in targets.items()}
+        results, cpu = {}, {}
+        for name, target in targets.items():
+            before = cpu_seconds(pids[name])
+            results[name] = asyncio.run(run_load(target, requests, concurrency, args.max_tokens))
+            cpu[name] = (cpu_seconds(pids[name]) - before) / (requests * results[name]["tokens"])
         base = results["upstream directly"]
         print(f"concurrency {concurrency}, {requests} requests of {args.max_tokens} tokens (medians):")
         for name, got in results.items():
-            print(_row(name, base, got))
+            print(_row(name, base, got), f"  server CPU {cpu[name] * 1e3:.2f} ms/token")
 
 
 def main() -> None:
@@ -183,7 +195,9 @@ def main() -> None:
                 "ead serve (fixed small)": (fixed_url, "ead-router", None),
                 "ead serve (switching)": (switch_url, "ead-router", None),
             }
-            measure(targets, args)
+            procs_of = [small_proc, small_proc, fixed_proc, switch_proc]
+            pids = {name: proc.pid for name, proc in zip(targets, procs_of, strict=True)}
+            measure(targets, pids, args)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
