@@ -87,6 +87,11 @@ class TraceBackend(Backend):
     def tokenizer_fingerprint(self) -> str:
         return self.meta.tokenizer_fingerprint
 
+    @property
+    def max_logprobs(self) -> int:
+        """The trace's recorded ``k``."""
+        return int(self.meta.k)
+
     def default_prompts(self) -> list[list[int]]:
         return [seq.prompt_ids.tolist() for seq in self.sequences]
 

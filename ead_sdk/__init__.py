@@ -24,6 +24,7 @@ from ead_sdk.errors import (
     EadError,
     EngineError,
     EngineRequestError,
+    EngineStartError,
     HostSyncError,
     MissingStepFieldError,
     ModelCountError,
@@ -65,7 +66,8 @@ from ead_sdk.registry import (
     plugin_problems,
     reload_plugins,
 )
-from ead_sdk.signals import EntropyBounds, entropy, from_nats, to_nats, topk_entropy_bounds
+from ead_sdk.signal_spec import SignalSpec
+from ead_sdk.signals import EntropyBounds, entropy, from_nats, to_nats, topk_entropy_bounds, topk_entropy_estimate
 from ead_sdk.specs import load_policy, save_policy
 from ead_sdk.state import concat_states, lane_count, mask_state, select_lanes
 
@@ -92,6 +94,7 @@ __all__ = [
     "DuplicatePolicyError",
     "EadError",
     "EngineError",
+    "EngineStartError",
     "EngineRequestError",
     "EntropyBounds",
     "Escalation",
@@ -125,6 +128,7 @@ __all__ = [
     "RowRecord",
     "Sampling",
     "SignalError",
+    "SignalSpec",
     "SignalUnavailableError",
     "SpecError",
     "SpecVersionError",
@@ -158,4 +162,5 @@ __all__ = [
     "sum_reports",
     "to_nats",
     "topk_entropy_bounds",
+    "topk_entropy_estimate",
 ]

@@ -222,6 +222,11 @@ class Backend(ABC):
         """Identifies the shared tokenizer (recorded in traces); empty when unknown."""
         return ""
 
+    @property
+    def max_logprobs(self) -> int:
+        """The most top-k log-probabilities a `Draw` can carry (a policy's top-k signal needs its k)."""
+        return self.vocab_size
+
     # -- text -----------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Token ids of a text prompt; only backends with a tokenizer can."""

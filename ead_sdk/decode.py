@@ -29,6 +29,8 @@ from ead_sdk.errors import (
 )
 from ead_sdk.escalation import rule
 from ead_sdk.interface import Policy, Step
+from ead_sdk.signal_spec import signal_of
+from ead_sdk.signals import topk_entropy_estimate
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,9 @@ def generate(
         max_new_tokens: the most tokens per lane (the backend's default when ``None``).
         sampling: how tokens are drawn (greedy by default).
         stop: stop strings (backend with a tokenizer) and stop token ids.
-        logprobs: what `Step.logprobs` holds for the policy: top-``k``, ``"full"`` or ``None``.
+        logprobs: what `Step.logprobs` holds for the policy: top-``k``, ``"full"`` or ``None``. A
+            policy whose signal is the top-``k`` estimate (``policy.signal``) sees that estimate
+            as `Step.entropy`; its draws carry at least ``k`` log-probabilities.
         cost_model: per-model forward costs (default: the models' parameter counts).
         record: a path (a new trace stream) or a `ead_sdk.traces.TraceWriter`: record the run
             in the trace format as sequences finish. Positions a model did not compute live are
@@ -236,7 +240,7 @@ def _open_stream(
         prompts=_prompt_ids(backend, prompts),
         max_new_tokens=_max_new_tokens(backend, max_new_tokens),
         sampling=sampling if sampling is not None else Sampling(),
-        logprobs=_logprob_request(logprobs, backend.vocab_size),
+        logprobs=_signal_logprobs(backend, policy, _logprob_request(logprobs, backend.vocab_size)),
         stop=_stops(stop),
         keep_rows=record is not None,
     )
@@ -311,6 +315,17 @@ def _logprob_request(value: LogprobRequest, vocab: int) -> LogprobRequest:
     return int(value)
 
 
+def _signal_logprobs(backend: Backend, policy: Policy, logprobs: LogprobRequest) -> LogprobRequest:
+    """What the draws must carry for the policy's signal: a top-k signal needs at least its k."""
+    signal = signal_of(policy)
+    if signal.exact:
+        return logprobs
+    signal.require(exact=True, max_k=backend.max_logprobs, where=f"the backend {type(backend).__name__}")
+    if logprobs == "full":  # sorted descending: the first k columns are the top-k
+        return logprobs
+    return max(int(logprobs or 0), int(signal.k))  # type: ignore[arg-type]
+
+
 def _stops(stop: Sequence[str | int]) -> tuple[str | int, ...]:
     if isinstance(stop, (str, int)):
         stop = (stop,)
@@ -379,6 +394,7 @@ class _DecodeLoop:
         self.routes = np.full(n, policy.initial_model, np.int64)
         self.state = init_checked(policy, n, self.xp, self.device)
         self.escalation = rule(policy.escalation)
+        self.signal_k = signal_of(policy).k  # None: the exact entropy
         self.result: GenerateResult | None = None
         limits = backend.lane_limits(request)
         if limits is not None:
@@ -417,12 +433,17 @@ class _DecodeLoop:
             lanes = active[self.routes[active] == m]
             draws.append((m, lanes, session.forward(m, lanes, t)))
             self.ledger.forward_pass(lanes, m, t)
+        entropy = _scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws])
+        logprobs = _scatter(xp, device, n, [(ln, d.logprobs) for _, ln, d in draws])
+        if self.signal_k is not None:  # the top-k estimate; a NaN entropy (bad logits) stays NaN
+            estimate = topk_entropy_estimate(logprobs[:, : self.signal_k], self.backend.vocab_size, validate=False)
+            entropy = xp.where(xp.isnan(entropy), entropy, xp.astype(estimate, entropy.dtype))
         step = Step(
-            entropy=_scatter(xp, device, n, [(ln, d.entropy) for _, ln, d in draws]),
+            entropy=entropy,
             model=xp.asarray(self.routes, **self.kw),
             index=xp.full((n,), t, dtype=xp.int64, **self.kw),
             live=xp.asarray(self.live, **self.kw),
-            logprobs=_scatter(xp, device, n, [(ln, d.logprobs) for _, ln, d in draws]),
+            logprobs=logprobs,
             token_ids=_scatter(xp, device, n, [(ln, d.token_ids) for _, ln, d in draws]),
             token=_scatter(xp, device, n, [(ln, d.token) for _, ln, d in draws]),
             vocab_size=self.backend.vocab_size,

@@ -151,6 +151,10 @@ class ModelSourceError(BackendError):
     """A model's source cannot be read: the package that carries its weights is not installed, or is damaged."""
 
 
+class EngineStartError(BackendError, RuntimeError):
+    """A serving engine's process (``vllm serve``...) exited or did not get ready; the message has its log's tail."""
+
+
 class PolicyError(EadError):
     """A policy's ``decide`` failed, or returned routes or state that break the contract."""
 

@@ -13,9 +13,10 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from ead_sdk.arrays import Array, as_namespace
-from ead_sdk.errors import ModelCountError, ParameterError, SpecVersionError
+from ead_sdk.errors import ModelCountError, ParameterError, SpecError, SpecVersionError
 from ead_sdk.escalation import ESCALATIONS, Escalation, EscalationRule, rule
 from ead_sdk.params import Param, json_value, lane_value, validate_params
+from ead_sdk.signal_spec import SignalSpec
 
 State = dict[str, Array]
 """A policy's state: arrays whose leading dimension is the lane count."""
@@ -29,7 +30,8 @@ class Step:
     """What a policy sees about the token just drawn, for each of the ``n`` lanes.
 
     Attributes:
-        entropy: ``(n,)`` entropy in nats of the distribution the token was drawn from.
+        entropy: ``(n,)`` entropy in nats of the distribution the token was drawn from: the
+            exact entropy, or its estimate from the top-k when the policy's ``signal`` says so.
         model: ``(n,)`` index of the model that produced that distribution.
         index: ``(n,)`` position of the token among the generated ones (0 = first).
         live: ``(n,)`` bool; ``False`` for lanes that have finished (their state must not change).
@@ -71,6 +73,10 @@ class Policy(ABC):
             ``"retry_token"`` (the larger model re-emits only that token; the next position is
             computed by the model that escalated, as in a per-token fallback).
         initial_model: the model every lane starts on (default 0, the smallest).
+        signal: what `Step.entropy` holds, the signal the policy's thresholds are calibrated on:
+            the exact entropy (``None``, ``"entropy"`` or ``SignalSpec()``, the default) or the
+            estimate from the top-k log-probabilities (``SignalSpec.topk(20)`` or
+            ``{"kind": "topk_entropy", "k": 20}``); see `ead_sdk.SignalSpec`.
         **params: the policy's declared parameters; numeric ones may be per-lane arrays.
     """
 
@@ -82,8 +88,19 @@ class Policy(ABC):
     replay_only: ClassVar[bool] = False
     """True for policies that read `Step.future` and so cannot run live."""
 
-    def __init__(self, *, escalation: Escalation = "next", initial_model: int = 0, **params: Any):
+    def __init__(
+        self,
+        *,
+        escalation: Escalation = "next",
+        initial_model: int = 0,
+        signal: SignalSpec | str | Mapping[str, Any] | None = None,
+        **params: Any,
+    ):
         label = getattr(type(self), "name", type(self).__name__)
+        try:
+            self.signal: SignalSpec = SignalSpec.from_json(signal)
+        except SpecError as exc:
+            raise SpecError(f"policy {label!r}: {exc}") from None
         if escalation not in ESCALATIONS:
             raise ParameterError(f"policy {label!r}: escalation must be one of {list(ESCALATIONS)}, got {escalation!r}")
         if isinstance(initial_model, bool) or not isinstance(initial_model, int) or initial_model < 0:
@@ -172,6 +189,7 @@ class Policy(ABC):
             "params": {k: json_value(v) for k, v in self._params.items()},
             "escalation": self.escalation,
             "initial_model": self.initial_model,
+            "signal": self.signal.as_json(),
         }
 
     @classmethod
@@ -191,4 +209,5 @@ class Policy(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={json_value(v)!r}" for k, v in self._params.items())
         extra = "" if self.escalation == "next" else f", escalation={self.escalation!r}"
+        extra += "" if self.signal.exact else f", signal={self.signal.as_json()!r}"
         return f"{type(self).__name__}({args}{extra})"

@@ -91,3 +91,9 @@ class SignalSpec:
 
     def __str__(self) -> str:
         return "exact entropy" if self.exact else f"top-{self.k} entropy estimate"
+
+
+def signal_of(policy: Any) -> SignalSpec:
+    """The signal ``policy`` reads: its ``signal``, or the exact entropy for an object without one."""
+    signal = getattr(policy, "signal", None)
+    return signal if isinstance(signal, SignalSpec) else SignalSpec()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -113,25 +113,17 @@ class EntropyBounds:
     unit: Unit = "nats"
 
 
-def topk_entropy_bounds(top_logprobs: Array, vocab_size: int | None = None, unit: Unit = "nats") -> EntropyBounds:
-    """Tight bounds on the entropy of a distribution known only through its top-k log-probs.
-
-    The unseen mass ``r = 1 - sum(p_top)`` lies on tokens no more likely than the least likely
-    listed one. The entropy is smallest when ``r`` is packed into as few such tokens as possible
-    and largest when it is spread evenly over the other ``vocab_size - k`` tokens (unbounded when
-    the vocabulary size is unknown).
-
-    Args:
-        top_logprobs: ``(..., k)`` normalised log-probabilities of the k most likely tokens.
-        vocab_size: the full vocabulary size, for a finite upper bound.
-        unit: ``"nats"`` or ``"bits"``.
-    """
-    scale = _scale(unit)
-    xp = namespace(top_logprobs)
-    lp = floating(top_logprobs, xp)
-    k = lp.shape[-1]
-    if xp.any(xp.isnan(lp)) or xp.any(lp > 1e-6):
+def _check_top_logprobs(lp: Array, xp: Any) -> None:
+    """Refuse rows that are not log-probabilities (a host sync: validation only)."""
+    if lp.ndim == 0 or lp.shape[-1] == 0:
+        raise SignalError(f"top_logprobs must have a non-empty last (k) axis, got shape {tuple(lp.shape)}")
+    if bool(xp.any(xp.isnan(lp))) or bool(xp.any(lp > 1e-6)):
         raise SignalError("top_logprobs must be log-probabilities (<= 0, no NaN)")
+
+
+def _topk_parts(lp: Array, xp: Any, vocab_size: int | None) -> tuple[Array, Array, Array, Array, Array]:
+    """``(lower, upper, h_top, rest, p_min)`` in nats of top-k log-probabilities ``lp`` (no checks)."""
+    k = lp.shape[-1]
     p = xp.exp(lp)
     zero = xp.zeros_like(p)
     h_top = -xp.sum(p * xp.where(p > 0, lp, zero), axis=-1)
@@ -156,4 +148,74 @@ def topk_entropy_bounds(top_logprobs: Array, vocab_size: int | None = None, unit
         safe_rest = xp.where(rest > 0, rest, xp.ones_like(rest))
         upper = h_top + xp.where(rest > 0, -rest * xp.log(safe_rest / others), xp.zeros_like(rest))
         upper = xp.where(upper < lower, lower, upper)
+    return lower, upper, h_top, rest, p_min
+
+
+def topk_entropy_bounds(top_logprobs: Array, vocab_size: int | None = None, unit: Unit = "nats") -> EntropyBounds:
+    """Tight bounds on the entropy of a distribution known only through its top-k log-probs.
+
+    The unseen mass ``r = 1 - sum(p_top)`` lies on tokens no more likely than the least likely
+    listed one. The entropy is smallest when ``r`` is packed into as few such tokens as possible
+    and largest when it is spread evenly over the other ``vocab_size - k`` tokens (unbounded when
+    the vocabulary size is unknown).
+
+    Args:
+        top_logprobs: ``(..., k)`` normalised log-probabilities of the k most likely tokens.
+        vocab_size: the full vocabulary size, for a finite upper bound.
+        unit: ``"nats"`` or ``"bits"``.
+    """
+    scale = _scale(unit)
+    xp = namespace(top_logprobs)
+    lp = floating(top_logprobs, xp)
+    _check_top_logprobs(lp, xp)
+    lower, upper, _, _, _ = _topk_parts(lp, xp, vocab_size)
     return EntropyBounds(lower=lower * scale, upper=upper * scale, unit=unit)
+
+
+def topk_entropy_estimate(
+    top_logprobs: Array, vocab_size: int | None = None, unit: Unit = "nats", *, validate: bool = True
+) -> Array:
+    """The entropy of a distribution estimated from its top-k log-probabilities alone.
+
+    The listed tokens contribute their exact share ``-sum(p log p)``. The unseen mass
+    ``r = 1 - sum(p_top)`` is taken to continue the listed tokens' decay geometrically: tail
+    token ``j = 1, 2, ...`` has probability ``p_min * q**j`` with ``q = r / (r + p_min)``, so the
+    tail holds exactly ``r`` and no tail token is likelier than the least likely listed one
+    (``p_min``). Its entropy has the closed form, with ``x = r / p_min``::
+
+        r * log(1 / p_min) + r * (1 + x) * log(1 + 1 / x)
+
+    The estimate is exact when the probabilities do decay geometrically past the listed ones, and
+    always lies inside `topk_entropy_bounds`: a geometric tail is never below the
+    packed tail of the lower bound, and where it would exceed the upper bound (a vocabulary too
+    small for its length) it is clamped to it. So ``lower <= estimate <= upper`` and its error
+    against the exact entropy is at most ``upper - lower``; with ``r = 0`` all three are exact.
+
+    Args:
+        top_logprobs: ``(..., k)`` normalised log-probabilities of the k most likely tokens
+            (any order; a `-inf` entry is a token of probability 0).
+        vocab_size: the full vocabulary size; only the clamp to the upper bound reads it.
+        unit: ``"nats"`` or ``"bits"``.
+        validate: refuse NaN or positive entries first (a host sync on GPU tensors; the live
+            decoder passes ``False``).
+
+    Returns:
+        ``(...)`` estimates, an array of the input's kind on its device.
+    """
+    scale = _scale(unit)
+    xp = namespace(top_logprobs)
+    lp = floating(top_logprobs, xp)
+    if validate:
+        _check_top_logprobs(lp, xp)
+    elif lp.ndim == 0 or lp.shape[-1] == 0:
+        raise SignalError(f"top_logprobs must have a non-empty last (k) axis, got shape {tuple(lp.shape)}")
+    lower, upper, h_top, rest, p_min = _topk_parts(lp, xp, vocab_size)
+    tail = (rest > 0) & (p_min > 0)
+    safe_min = xp.where(tail, p_min, xp.ones_like(p_min))
+    safe_rest = xp.where(tail, rest, xp.ones_like(rest))
+    x = safe_rest / safe_min
+    geometric = safe_rest * (-xp.log(safe_min) + (1.0 + x) * (xp.log1p(x) - xp.log(x)))
+    estimate = h_top + xp.where(tail, geometric, xp.zeros_like(rest))
+    estimate = xp.where(estimate < lower, lower, estimate)
+    estimate = xp.where(estimate > upper, upper, estimate)
+    return estimate * scale if scale != 1.0 else estimate

@@ -18,7 +18,7 @@ from ead_sdk.errors import ParameterError, SpecError, SpecVersionError, UnknownP
 from ead_sdk.interface import Policy
 from ead_sdk.registry import PolicyRegistry, default_registry
 
-SPEC_KEYS = ("policy", "version", "params", "escalation", "initial_model")
+SPEC_KEYS = ("policy", "version", "params", "escalation", "initial_model", "signal")
 _POLICY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 
 
@@ -137,7 +137,9 @@ def _load(spec_or_path: Mapping[str, Any] | str | os.PathLike[str], registry: Po
         params = resolve(dict(params), _spec_folder(spec_or_path))
     # initial_model is passed only when the spec names it: a policy may have its own default.
     extra = {"initial_model": spec["initial_model"]} if "initial_model" in spec else {}
-    return cls(escalation=spec.get("escalation", "next"), **extra, **params)
+    # A spec without a signal predates the key: it was calibrated on the exact entropy.
+    signal = spec.get("signal", "entropy")
+    return cls(escalation=spec.get("escalation", "next"), signal=signal, **extra, **params)
 
 
 def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:

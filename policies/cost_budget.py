@@ -9,6 +9,7 @@ from ead_sdk.errors import ParameterError
 from ead_sdk.hookspecs import hookimpl
 from ead_sdk.interface import Policy, Routes, State, Step
 from ead_sdk.params import Param, is_lane_array
+from ead_sdk.signal_spec import SignalSpec
 from ead_sdk.signals import to_nats
 from ead_sdk.state import mask_state
 
@@ -89,7 +90,14 @@ class CostBudgetPolicy(Policy):
                 raise ParameterError("policy 'cost_budget': mode='soft' steers its own threshold; it takes no 'inner'")
             from ead_sdk.specs import load_policy
 
-            spec = dict(p["inner"], escalation=self.escalation)
+            inner_signal = SignalSpec.from_json(p["inner"].get("signal", self.signal))
+            if inner_signal != self.signal:
+                raise ParameterError(
+                    f"policy 'cost_budget': parameter 'inner' names signal {inner_signal.as_json()!r}, but the "
+                    f"budget reads {self.signal.as_json()!r}: both see the same Step.entropy; give the signal once, "
+                    "on the outer spec"
+                )
+            spec = dict(p["inner"], escalation=self.escalation, signal=self.signal.as_json())
             try:
                 self.inner = load_policy(spec)
             except ParameterError as exc:

@@ -292,10 +292,12 @@ def _ray_runner(calib, policy: Policy, metric: str, cost_model, engine: RayEngin
     """Replays configurations as one Ray Data pass over the calibration split each."""
     from ead_sdk.simulators.ray_engine import connect, ray_sweep_totals, trace_dataset
     from ead_sdk.simulators.sweep import replay_columns
+    from ead_sdk.simulators.trace_signal import require_trace_signal
 
     connect(engine.address)
     meta = calib.meta if isinstance(calib, TraceSet) else read_meta(calib)
-    dataset = trace_dataset(calib, replay_columns(meta, True))
+    require_trace_signal(policy.signal, meta, calib.source if isinstance(calib, TraceSet) else str(calib))
+    dataset = trace_dataset(calib, replay_columns(meta, True, policy.signal))
     costs = cost_model or meta.cost_model()
 
     def run(configs: list[dict[str, Any]]) -> np.ndarray:
@@ -392,7 +394,7 @@ def calibrate(
     decl = _numeric_parameter(policy, parameter)
     held, calib = _split(traces, held_out, seed)
     base = {k: v for k, v in policy.params.items() if k != parameter}
-    options = {"escalation": policy.escalation, "initial_model": policy.initial_model}
+    options = {"escalation": policy.escalation, "initial_model": policy.initial_model, "signal": policy.signal}
     if isinstance(engine, RayEngine):
         run, n = _ray_runner(calib, policy, metric, cost_model, engine)
     else:

@@ -29,6 +29,7 @@ from ead_sdk.errors import EadError, ParameterError, RayConnectionError, RayUnav
 from ead_sdk.interface import Policy
 from ead_sdk.simulators.ray_wire import error_table, merge_table, totals_table
 from ead_sdk.simulators.totals import Totals
+from ead_sdk.simulators.trace_signal import require_trace_signal
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
 
@@ -312,7 +313,8 @@ def ray_sweep(
     check_grid(base, configs)
     connect(address)
     meta = source.meta if isinstance(source, TraceSet) else _meta_of(source)
-    ds, meta, rows = trace_dataset(source, replay_columns(meta, with_topk))
+    require_trace_signal(base.signal, meta, _name(source))
+    ds, meta, rows = trace_dataset(source, replay_columns(meta, with_topk, base.signal))
     cost_model = cost_model or meta.cost_model()
     cost_model.check_models(meta.num_models, "the trace")
     totals = ray_sweep_totals(
@@ -366,9 +368,10 @@ def ray_replay(
     connect(address)
     if dataset is None:
         meta = source.meta if isinstance(source, TraceSet) else _meta_of(source)
-        dataset = trace_dataset(source, replay_columns(meta, with_topk))
+        dataset = trace_dataset(source, replay_columns(meta, with_topk, policy.signal))
     ds, meta, rows = dataset
     policy.check_models(meta.num_models)
+    require_trace_signal(policy.signal, meta, _name(source))
     cost_model = cost_model or meta.cost_model()
     cost_model.check_models(meta.num_models, "the trace")
     kwargs = {

@@ -28,9 +28,11 @@ from ead_sdk.decision import decide_checked, init_checked
 from ead_sdk.errors import EngineError, ModelCountError, RouteError, TraceError
 from ead_sdk.escalation import rule
 from ead_sdk.interface import Policy, Step
+from ead_sdk.signal_spec import SignalSpec, signal_of
 from ead_sdk.simulators.engines import Engine, RayEngine, as_engine
 from ead_sdk.simulators.ledger import fill_ledger
 from ead_sdk.simulators.totals import Totals
+from ead_sdk.simulators.trace_signal import require_trace_signal, topk_signal
 from ead_sdk.specs import as_policy
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import FlatTrace, TraceSet
@@ -52,6 +54,8 @@ class ReplayData:
     top_logprobs: np.ndarray | None
     disagree: np.ndarray | None
     agree: np.ndarray | None
+    source: str = "<memory>"
+    _signals: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def meta(self) -> TraceMeta:
@@ -65,6 +69,22 @@ class ReplayData:
     @property
     def t_max(self) -> int:
         return int(self.entropy.shape[0])
+
+    def signal_entropy(self, signal: SignalSpec) -> np.ndarray:
+        """``(T, sequences, M)`` the signal a policy sees: the exact entropy, or the top-k estimate.
+
+        The estimate is computed once per ``k`` and kept, so every replay, sweep and calibration
+        step on this data reuses it. A trace recorded with fewer than ``k`` log-probabilities is
+        refused with `SignalUnavailableError`.
+        """
+        if signal.exact:
+            return self.entropy
+        top = self.flat.top_logprobs
+        require_trace_signal(signal, self.meta, self.source, has_topk=top is not None)
+        k = int(signal.k)  # type: ignore[arg-type]
+        if k not in self._signals:
+            self._signals[k] = topk_signal(self.flat.padded("top_logprobs"), k, int(self.meta.vocab_size))
+        return self._signals[k]
 
     @classmethod
     def from_traces(cls, traces: TraceSet | ReplayData, *, with_topk: bool = True) -> ReplayData:
@@ -95,6 +115,7 @@ class ReplayData:
             top_logprobs=flat.padded("top_logprobs") if with_topk and top_ids is not None else None,
             disagree=disagree,
             agree=agree,
+            source=traces.source,
         )
 
 
@@ -216,7 +237,8 @@ def replay(
     cost_model = _cost_model(data.meta, policy, cost_model)
     seq = _lane_sequence(data, lane_sequence)
     threads = default_threads() if engine.threads is None else int(engine.threads)
-    computed, emitted, ledger, sums = _replay_blocks(data, policy, seq, with_topk, threads)
+    signal = data.signal_entropy(signal_of(policy))  # once per trace and k, whatever the lanes
+    computed, emitted, ledger, sums = _replay_blocks(data, policy, seq, with_topk, threads, signal)
     result = ReplayResult(
         cost_model=cost_model,
         policy_spec=_spec(policy),
@@ -250,7 +272,7 @@ def _lane_sequence(data: ReplayData, lane_sequence: np.ndarray | None) -> np.nda
 
 
 def _replay_blocks(
-    data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool, threads: int
+    data: ReplayData, policy: Policy, seq: np.ndarray, with_topk: bool, threads: int, signal: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, CostLedger, dict[str, np.ndarray]]:
     """Replay the lanes in blocks (one per thread): routes, the filled ledger, per-lane emitter sums."""
     import array_api_compat.numpy as xp
@@ -267,7 +289,7 @@ def _replay_blocks(
 
     def block(lanes: slice) -> dict[str, np.ndarray]:
         sub = {key: value[lanes] for key, value in state.items()}
-        _run(data, policy, seq[lanes], sub, computed[:, lanes], emitted[:, lanes], topk, lanes.start)
+        _run(data, policy, seq[lanes], sub, computed[:, lanes], emitted[:, lanes], topk, signal, lanes.start)
         fill_ledger(ledger, computed, emitted, lengths, lanes=lanes)
         return emitter_sums(emitted[:, lanes], data, seq[lanes])
 
@@ -330,12 +352,14 @@ def _run(
     computed: np.ndarray,
     emitted: np.ndarray,
     with_topk: bool,
+    signal: np.ndarray,
     first_lane: int = 0,
 ) -> None:
     """The step loop over one block of lanes: fills ``computed`` and ``emitted`` ``(T, lanes)``.
 
-    ``state`` is the policy state of these lanes; ``first_lane`` is the block's first lane
-    (error messages name lanes of the whole replay).
+    ``state`` is the policy state of these lanes; ``signal`` ``(T, sequences, M)`` what they see
+    as `Step.entropy`; ``first_lane`` is the block's first lane (error messages name lanes of the
+    whole replay).
     """
     n, m_count, t_max = seq.shape[0], data.meta.num_models, data.t_max
     escalation = rule(policy.escalation)
@@ -345,7 +369,8 @@ def _run(
     base = seq * m_count
     idx = np.empty(n, np.int64)
     k = int(data.meta.k)
-    vocab = int(data.meta.vocab_size)
+    spec = signal_of(policy)
+    shown = k if spec.exact else int(spec.k)  # a top-k signal shows the policy only its k
     # Look-ahead is for replay-only (oracle) policies; a live-capable policy never reads it.
     disagree = data.disagree if getattr(policy, "replay_only", False) else None
     # While every lane is live (t < the shortest length) the masks below are no-ops: skip them.
@@ -360,11 +385,11 @@ def _run(
         live = every if full else lengths > t
         np.add(base, model, out=idx)
         # Every index is in range (lane_sequence and the routes are checked): no bounds checks.
-        entropy = data.entropy[t].reshape(-1).take(idx, mode="wrap")
+        entropy = signal[t].reshape(-1).take(idx, mode="wrap")
         logprobs = token_ids = None
         if with_topk:
-            logprobs = data.top_logprobs[t].reshape(-1, k).take(idx, axis=0, mode="wrap")
-            token_ids = data.top_ids[t].reshape(-1, k).take(idx, axis=0, mode="wrap")
+            logprobs = data.top_logprobs[t].reshape(-1, k)[:, :shown].take(idx, axis=0, mode="wrap")
+            token_ids = data.top_ids[t].reshape(-1, k)[:, :shown].take(idx, axis=0, mode="wrap")
         future = None if disagree is None else {"disagree": disagree[t].take(seq, mode="wrap")}
         token = None
         if data.tokens is not None:
@@ -377,7 +402,7 @@ def _run(
             logprobs=logprobs,
             token_ids=token_ids,
             token=token,
-            vocab_size=vocab,
+            vocab_size=int(data.meta.vocab_size),
             future=future,
         )
         routes, state = decide_checked(policy, state, step, n, t)

@@ -21,10 +21,12 @@ import pyarrow as pa
 from ead_sdk.cost import CostModel
 from ead_sdk.errors import ParameterError
 from ead_sdk.interface import Policy
+from ead_sdk.signal_spec import SignalSpec
 from ead_sdk.simulators.engines import Engine, LocalEngine, RayEngine, as_engine
 from ead_sdk.simulators.metrics import routellm_summary
 from ead_sdk.simulators.replay import ReplayData, ReplayResult, replay
 from ead_sdk.simulators.totals import Totals
+from ead_sdk.simulators.trace_signal import require_trace_signal
 from ead_sdk.specs import as_policy
 from ead_sdk.traces.schema import TraceMeta
 from ead_sdk.traces.traceset import TraceSet
@@ -60,8 +62,8 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
 def lane_policy(base: Policy, configs: Sequence[Mapping[str, Any]], n: int) -> Policy:
     """``base`` with lanes ``c * n .. (c + 1) * n - 1`` carrying configuration ``c``.
 
-    Parameters a configuration does not name keep ``base``'s values, as do its escalation mode
-    and initial model; the class is ``base``'s own, registered or not.
+    Parameters a configuration does not name keep ``base``'s values, as do its escalation mode,
+    initial model and signal; the class is ``base``'s own, registered or not.
     """
     cls, label = type(base), base.name
     declared = {p.name: p for p in cls.parameters}
@@ -80,7 +82,7 @@ def lane_policy(base: Policy, configs: Sequence[Mapping[str, Any]], n: int) -> P
         dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_}[p.kind]
         arr = np.asarray([p.validate(label, v) for v in values], dtype=dtype)  # no silent casts
         params[name] = np.repeat(arr, n, axis=0)
-    return cls(escalation=base.escalation, initial_model=base.initial_model, **params)
+    return cls(escalation=base.escalation, initial_model=base.initial_model, signal=base.signal, **params)
 
 
 def sweep(
@@ -234,12 +236,15 @@ def config_groups(base: Policy, configs: Sequence[Mapping[str, Any]]) -> list[li
     return list(groups.values())
 
 
-def replay_columns(meta: TraceMeta, with_topk: bool) -> list[str]:
-    """The trace columns a replay reads (column selection for streamed and Ray runs)."""
+def replay_columns(meta: TraceMeta, with_topk: bool, signal: SignalSpec | None = None) -> list[str]:
+    """The trace columns a replay reads (column selection for streamed and Ray runs).
+
+    A top-k ``signal`` reads the top-k log-probabilities even when policies are not shown them.
+    """
     cols = ["prompt_ids", "token_ids", "entropy", "token_logprob"]
     if meta.k > 0:
         cols.append("top_ids")
-        if with_topk:
+        if with_topk or (signal is not None and not signal.exact):
             cols.append("top_logprobs")
     return [*cols, "correct"]
 
@@ -307,12 +312,13 @@ def _sweep_streamed(
     from ead_sdk.traces.reader import iter_trace_batches, read_meta
 
     meta = read_meta(path)
+    require_trace_signal(base.signal, meta, str(path))
     check_grid(base, configs)
     cost_model = cost_model or meta.cost_model()
     total = _count_rows(path)
     merged = [Totals(meta.num_models) for _ in configs]
     done = 0
-    for batch in iter_trace_batches(path, replay_columns(meta, with_topk), batch_rows=engine.batch_rows):
+    for batch in iter_trace_batches(path, replay_columns(meta, with_topk, base.signal), batch_rows=engine.batch_rows):
         data = ReplayData.from_traces(batch, with_topk=with_topk)
         parts = sweep_totals(data, base, configs, cost_model=cost_model, with_topk=with_topk, engine=engine)
         for acc, part in zip(merged, parts, strict=True):

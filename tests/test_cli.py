@@ -267,7 +267,7 @@ def test_sweep_table_and_quality_choice(trace_path: Path) -> None:
         "retry",
     )
     assert result.exit_code == 0, result.output
-    assert "sweep of rolling_entropy (retry)" in result.stdout and "agreement" in result.stdout
+    assert "sweep of rolling_entropy (retry, exact entropy)" in result.stdout and "agreement" in result.stdout
     assert sum(line.startswith("│") for line in result.stdout.splitlines()) == 2  # one table row per configuration
     data = ok_json(
         ead(

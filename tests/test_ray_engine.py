@@ -228,3 +228,30 @@ def test_cli_sweep_engine_ray_prints_the_local_rows(ray_local, tmp_path):
     assert json.loads(on_ray.stdout)["rows"] == json.loads(local.stdout)["rows"]
     bad = CliRunner().invoke(app, [*args, "--engine", "spark"])
     assert bad.exit_code != 0 and "expected local or ray" in bad.output
+
+
+def test_ray_computes_a_topk_signal_like_the_local_engine(ray_local, tmp_path):
+    """A top-k signal on Ray: the same figures as locally (replay, sweep, calibrate), a smaller k refused."""
+    from ead_sdk import SignalUnavailableError
+    from tests.test_signal_replay import zipf_traces
+
+    traces = zipf_traces(11, (3, 30), k=4, seed=7)
+    ds = dataset(traces, tmp_path / "ds", rows_per_file=4)
+    spec = {"policy": "rolling_entropy", "params": {"window": 2, "threshold": 1.0, "unit": "nats"}}
+    policy = load_policy({**spec, "signal": {"kind": "topk_entropy", "k": 3}})
+    assert replay(ds, policy, engine=RayEngine(batch_rows=3)).report() == replay(traces, policy).report()
+    assert replay(traces, policy).report() != replay(traces, load_policy(spec)).report()
+    grid = {"threshold": [0.5, 1.0, 1.5]}
+    local = sweep(traces, policy, grid, with_topk=False)
+    assert same_tables(sweep(ds, policy, grid, with_topk=False, engine=RayEngine(batch_rows=5)).table, local.table)
+    kw = {"target_large_share": 0.3, "points": 5, "rounds": 2, "bounds": (0.0, 3.0), "held_out": 0.0}
+    on_ray = calibrate(ds, policy, "threshold", engine=RayEngine(batch_rows=4), **kw)
+    assert on_ray.value == calibrate(traces, policy, "threshold", **kw).value
+    too_big = load_policy({**spec, "signal": {"kind": "topk_entropy", "k": 5}})
+    for run in (
+        lambda: replay(ds, too_big, engine=RayEngine()),
+        lambda: sweep(ds, too_big, grid, engine=RayEngine()),
+        lambda: calibrate(ds, too_big, "threshold", engine=RayEngine(), **kw),
+    ):
+        with pytest.raises(SignalUnavailableError, match="recorded top-4 log-probabilities"):
+            run()

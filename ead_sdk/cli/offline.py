@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ead_sdk.cli._app import app, console, default_traces, echo_json, fmt, user_errors
+from ead_sdk.cli.signal_option import SIGNAL_HELP, describe, with_signal
 from ead_sdk.errors import UserError
 
 TRACES_HELP = "a trace file or Parquet dataset (default: the embedded demo traces)"
@@ -95,6 +96,7 @@ def summary_table(title: str, summary: dict[str, Any]) -> Table:
 def replay(
     traces: Path = typer.Argument(None, help=TRACES_HELP, show_default=False),
     policy: str = typer.Option(..., "--policy", "-p", help="a policy spec: a name, a JSON string or a .json file"),
+    signal: str = typer.Option(None, "--signal", help=SIGNAL_HELP, show_default=False),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
@@ -104,13 +106,15 @@ def replay(
     from ead_sdk.traces import read_traces
 
     path = default_traces(traces)
-    pol = load_policy(policy)
+    pol = with_signal(load_policy(policy), signal)
     result = run_replay(read_traces(path, recover=recover), pol)
     summary = result.summary()
     if as_json:
-        echo_json({"traces": str(path), "policy": pol.spec(), "summary": summary, "report": result.report().as_dict()})
+        figures = {"traces": str(path), "policy": pol.spec(), "signal": pol.spec()["signal"], "summary": summary}
+        echo_json({**figures, "report": result.report().as_dict()})
         return
     console.print(f"policy: {pol.spec()}")
+    console.print(f"signal: {describe(pol)}")
     console.print(summary_table(f"replay of {path.name}", summary))
 
 
@@ -128,6 +132,7 @@ def sweep(
         help="frontier quality: agreement, loglik_per_token or quality "
         "(default: quality when the trace has labels, else agreement)",
     ),
+    signal: str = typer.Option(None, "--signal", help=SIGNAL_HELP, show_default=False),
     plot: Path = typer.Option(None, "--plot", help="write the quality/cost frontier as a PNG here"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     engine: str = typer.Option(
@@ -147,7 +152,7 @@ def sweep(
 
     path = default_traces(traces)
     params = parse_grid(grid)
-    base = load_policy(policy)
+    base = with_signal(load_policy(policy), signal)
     if escalation is not None:
         base = load_policy({**base.spec(), "escalation": escalation})
     escalation, policy = base.escalation, base.name
@@ -187,13 +192,14 @@ def sweep(
                 "traces": str(path),
                 "policy": policy,
                 "escalation": escalation,
+                "signal": base.spec()["signal"],
                 "quality": quality,
                 "rows": rows,
                 "plot": str(plot) if plot else None,
             }
         )
         return
-    _print_sweep(result, rows, f"sweep of {policy} ({escalation}) on {path.name}", quality)
+    _print_sweep(result, rows, f"sweep of {policy} ({escalation}, {describe(base)}) on {path.name}", quality)
     if plot is not None:
         console.print(f"frontier plot: {plot}")
 
@@ -267,10 +273,14 @@ def calibrate(
         help="a CostModel JSON for --target-cost-ratio (e.g. measured seconds from ead eval --measure-cost; "
         "default: the trace's parameter counts)",
     ),
+    signal: str = typer.Option(None, "--signal", help=SIGNAL_HELP, show_default=False),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     recover: bool = typer.Option(False, "--recover", help=RECOVER_HELP),
 ) -> None:
-    """Pick one parameter so that replay hits a target large-model share (or cost ratio)."""
+    """Pick one parameter so that replay hits a target large-model share (or cost ratio).
+
+    The spec written records the signal it was calibrated on (``--signal``, default the spec's).
+    """
     from ead_sdk.simulators import calibrate as run_calibrate
     from ead_sdk.specs import load_policy, save_policy
     from ead_sdk.traces import read_traces
@@ -278,7 +288,7 @@ def calibrate(
     path = default_traces(traces)
     if (low is None) != (high is None):
         raise UserError("give both --low and --high, or neither")
-    pol = load_policy(policy)
+    pol = with_signal(load_policy(policy), signal)
     with Progress(transient=True, console=console, disable=as_json) as bar:
         bar.add_task("calibrating", total=None)
         res = run_calibrate(
@@ -302,6 +312,7 @@ def calibrate(
         "held_out": res.held_out,
         "sequences": list(res.sequences),
         "evaluations": res.evaluations,
+        "signal": res.policy.spec()["signal"],
         "spec": res.policy.spec(),
         "out": str(out) if out else None,
     }
@@ -311,7 +322,7 @@ def calibrate(
     console.print(
         f"{pol.name}: {res.parameter} = {res.value:.6g}  ->  {res.metric} {res.calibration:.4f} on the "
         f"calibration split ({res.sequences[0]} sequences), {fmt(res.held_out, 4)} held out "
-        f"({res.sequences[1]}); target {res.target:g}"
+        f"({res.sequences[1]}); target {res.target:g}; signal: {describe(res.policy)}"
     )
     if out is not None:
         console.print(f"wrote {out}")

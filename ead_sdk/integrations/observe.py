@@ -30,6 +30,8 @@ from ead_sdk.backends.hf import entropy_of
 from ead_sdk.decision import decide_checked
 from ead_sdk.errors import ArgumentTypeError, BackendError, ObserverError, ReplayOnlyPolicyError
 from ead_sdk.interface import Policy, Step
+from ead_sdk.signal_spec import signal_of
+from ead_sdk.signals import topk_entropy_estimate
 from ead_sdk.specs import load_policy
 
 RECORDED_BY = "ead_sdk.integrations.PolicyObserver"
@@ -97,6 +99,12 @@ class _Run:
         )
 
 
+def _topk_estimate(lp: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-``k`` entropy estimate of full log-probability rows, on their device."""
+    top = torch.topk(lp, min(k, lp.shape[-1]), dim=-1, sorted=True).values
+    return topk_entropy_estimate(top, lp.shape[-1], validate=False)
+
+
 class PolicyObserver(LogitsProcessor):
     """Compute entropy and a policy's would-be routes at every ``generate`` step; change nothing.
 
@@ -118,6 +126,9 @@ class PolicyObserver(LogitsProcessor):
         tokenizer: the tokenizer, for the trace's tokenizer fingerprint (optional).
         model_name: the model's name in the trace (default: its ``name_or_path``).
         param_count: the model's parameter count in the trace (default: counted from ``model``).
+
+    A policy whose signal is the top-k estimate (``policy.signal``) sees that estimate, computed
+    from the scores' top-k, as `Step.entropy`; results and traces keep the exact entropy.
 
     After ``generate`` returns, call `finish` with its output: the last generated token only
     appears there (a processor never sees the token drawn at the final step). For the same
@@ -156,6 +167,7 @@ class PolicyObserver(LogitsProcessor):
             raise ObserverError(f"record_k must be an integer >= 0, got {record_k!r}")
         self.model_index, self.num_models = model_index, num_models
         self.logprobs, self.record_k = logprobs, record_k
+        self._signal_k = signal_of(self.policy).k  # a top-k signal: the policy sees the estimate
         gen = getattr(model, "generation_config", None)
         self._eos_given = eos_token_id is not None
         if eos_token_id is None and gen is not None:
@@ -207,6 +219,7 @@ class PolicyObserver(LogitsProcessor):
         logits = scores.float()
         lp = torch.log_softmax(logits, -1)
         h = entropy_of(logits)
+        shown = h if self._signal_k is None else _topk_estimate(lp, self._signal_k)
         step_lp, step_ids = None, None
         if self.logprobs == "full":
             step_lp = torch.sort(lp, -1, descending=True).values
@@ -214,7 +227,7 @@ class PolicyObserver(LogitsProcessor):
             top = torch.topk(lp, min(int(self.logprobs), lp.shape[-1]), dim=-1, sorted=True)
             step_lp, step_ids = top.values, top.indices
         step = Step(
-            entropy=h,
+            entropy=shown,
             model=torch.full((n,), self.model_index, dtype=torch.int64, device=run.device),
             index=torch.full((n,), t, dtype=torch.int64, device=run.device),
             live=run.live,

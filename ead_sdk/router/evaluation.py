@@ -57,7 +57,9 @@ def replayed_curve(data: ReplayData, policy: Policy, param: str | None, values: 
         decl: Param = next(p for p in type(policy).parameters if p.name == param)
         dtype = np.int64 if decl.kind == "int" else np.float64
         params = {**dict(policy.params), param: np.repeat(values.astype(dtype), n)}
-        pol = type(policy)(escalation=policy.escalation, initial_model=policy.initial_model, **params)
+        pol = type(policy)(
+            escalation=policy.escalation, initial_model=policy.initial_model, signal=policy.signal, **params
+        )
     result = replay(data, pol, lane_sequence=np.tile(np.arange(n), configs))
     share, agree, cost = [], [], []
     for j in range(configs):

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     )
     from ead_sdk.testing.dwell import dwell_violations
     from ead_sdk.testing.episodes import Episode, EpisodeRun, decide_along, make_episode, run_episode, to_namespace
+    from ead_sdk.testing.fake_openai import FakeOpenAI, Fault, ToyLM
     from ead_sdk.testing.models import tiny_llama
 
 _WHERE = {
@@ -43,6 +44,9 @@ _WHERE = {
     "to_namespace": "ead_sdk.testing.episodes",
     "tiny_llama": "ead_sdk.testing.models",
     "dwell_violations": "ead_sdk.testing.dwell",
+    "FakeOpenAI": "ead_sdk.testing.fake_openai",
+    "Fault": "ead_sdk.testing.fake_openai",
+    "ToyLM": "ead_sdk.testing.fake_openai",
 }
 
 __all__ = [
@@ -53,6 +57,8 @@ __all__ = [
     "ConformanceReport",
     "Episode",
     "EpisodeRun",
+    "FakeOpenAI",
+    "Fault",
     "check_policy",
     "decide_along",
     "dwell_violations",
@@ -61,6 +67,7 @@ __all__ = [
     "run_episode",
     "tiny_llama",
     "to_namespace",
+    "ToyLM",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -369,8 +369,8 @@ TORCH_CHECKS: tuple[str, ...] = ("numpy_vs_torch", "torch_namespace", "host_sync
 
 def _rebuild(policy: Policy, **changes: Any) -> Policy:
     params = dict(policy.params)
-    kwargs = {"escalation": policy.escalation, "initial_model": policy.initial_model}
-    kwargs.update({k: changes.pop(k) for k in ("escalation", "initial_model") if k in changes})
+    kwargs = {"escalation": policy.escalation, "initial_model": policy.initial_model, "signal": policy.signal}
+    kwargs.update({k: changes.pop(k) for k in ("escalation", "initial_model", "signal") if k in changes})
     params.update(changes)
     return type(policy)(**kwargs, **params)
 
