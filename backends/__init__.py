@@ -1,8 +1,8 @@
 """Model execution: the transformers model ladder, the trace backend, and the serving-engine adapters.
 
-Adapters of the lane hand-off router: `OpenAIEngine` (an OpenAI-compatible server over HTTP) and
-`VLLMEngine` (vLLM in process). Imported lazily, so ``import ead_sdk.backends`` loads neither torch,
-transformers, httpx nor vLLM.
+Adapters of the lane hand-off router: `OpenAIEngine` (an OpenAI-compatible server over HTTP),
+`VLLMEngine` (vLLM in process) and `LlamaCppEngine` (llama.cpp in process). Imported lazily, so
+``import ead_sdk.backends`` loads none of torch, transformers, httpx, vLLM or llama.cpp.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from ead_sdk.lazy_exports import lazy_exports
 
 _EXPORTS = {
+    "LlamaCppEngine": "ead_sdk.backends.llamacpp_engine",
     "OpenAIEngine": "ead_sdk.backends.openai_engine",
     "TraceBackend": "ead_sdk.backends.trace",
     "TraceSession": "ead_sdk.backends.trace",

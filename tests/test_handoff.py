@@ -159,7 +159,7 @@ def test_generate_sync_refuses_an_empty_batch_and_bad_prompts():
 def test_open_lane_needs_a_running_loop():
     traces = synthetic_traces(1, 5, k=K, seed=0)
     router = HandoffRouter(TraceEngine.ladder(traces), ead_sdk.load_policy(SPECS[0]))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ead_sdk.DecodeStreamError, match="running event loop"):
         router.open_lane([1, 2, 3])
     assert asyncio.run(router.generate([traces[0].prompt_ids.tolist()], max_new_tokens=3)).lanes[0].tokens
 
@@ -191,3 +191,33 @@ def test_a_three_model_ladder_routes_as_generate_does(seed, spec, escalation, ma
             want.report,
         )
     assert routed.report == reference.report
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    spec=st.sampled_from(SPECS[:3] + SPECS[7:9]),
+    escalation=st.sampled_from(ESCALATIONS),
+    k=st.integers(1, K),
+)
+def test_a_topk_signal_routes_as_generate_does(seed, spec, escalation, k):
+    """Property: a spec calibrated on the top-k estimate, routed over engines that give top-k
+    log-probabilities only (no exact entropy), equals `generate` over the trace with that spec."""
+    traces = synthetic_traces(4, (0, 25), k=K, seed=seed, emitter="oracle")
+    policy = ead_sdk.load_policy({**spec, "escalation": escalation, "signal": {"kind": "topk_entropy", "k": k}})
+    engines = TraceEngine.ladder(traces, exact=False)
+    prompts = [s.prompt_ids.tolist() for s in traces.sequences()]
+    routed = HandoffRouter(engines, policy).generate_sync(prompts, max_new_tokens=25)
+    reference = ead_sdk.generate(TraceBackend(traces), policy, max_new_tokens=25)
+    for got, want in zip(routed, reference, strict=True):
+        assert (got.tokens, got.models, got.report) == (want.tokens, want.models, want.report)
+        assert all(r.top_k == k for e in engines for r in e.log.requests)
+
+
+def test_a_spec_on_the_exact_entropy_is_refused_by_top_k_only_engines():
+    traces = synthetic_traces(1, 5, k=K, seed=0)
+    with pytest.raises(ead_sdk.SignalUnavailableError, match="engine 0"):
+        HandoffRouter(TraceEngine.ladder(traces, exact=False), ead_sdk.load_policy(SPECS[0]))
+    too_many = ead_sdk.load_policy({**SPECS[0], "signal": {"kind": "topk_entropy", "k": K + 1}})
+    with pytest.raises(ead_sdk.SignalUnavailableError, match=f"top-{K + 1}"):
+        HandoffRouter(TraceEngine.ladder(traces), too_many)

@@ -323,14 +323,11 @@ def test_many_concurrent_lanes_share_max_lanes_slots():
     assert len(result.handoff_latencies) == sum(len(lane.handoffs) for lane in result)
 
 
-@pytest.mark.skipif(
-    not hasattr(ead_sdk.signals, "topk_entropy_estimate"), reason="the top-k estimator is not in this ead_sdk"
-)
 def test_a_topk_signal_is_estimated_from_the_engines_top_logprobs():
     from ead_sdk.signals import topk_entropy_estimate
 
-    policy = eager("next")
-    policy.signal = SignalSpec.topk(5)
+    spec = eager("next").spec()
+    policy = ead_sdk.load_policy({**spec, "signal": SignalSpec.topk(5).as_json()})
     engines = toys(exact=False)
     result = HandoffRouter(engines, policy).generate_sync(PROMPTS[:2], max_new_tokens=10)
     for lane in result:

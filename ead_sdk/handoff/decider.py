@@ -17,10 +17,11 @@ import numpy as np
 
 from ead_sdk.arrays import to_numpy
 from ead_sdk.decision import decide_checked, init_checked
-from ead_sdk.errors import EadError, ModelCountError, SignalUnavailableError
+from ead_sdk.errors import EadError, ModelCountError
 from ead_sdk.interface import Policy, State, Step
 from ead_sdk.serving import EngineToken
 from ead_sdk.signal_spec import SignalSpec
+from ead_sdk.signals import topk_entropy_estimate
 from ead_sdk.state import concat_states, select_lanes
 
 
@@ -50,7 +51,6 @@ class BatchDecider:
         self.policy, self.num_models, self.signal = policy, num_models, signal
         self.top_k, self.vocab_size = top_k, vocab_size
         self._fresh = init_checked(policy, 1, np)
-        self._estimate = None if signal.exact else _estimator()
         self._k = max(top_k, signal.k or 0)
         self.state: State | None = None
         self.rows: list[Any] = []
@@ -140,9 +140,10 @@ class BatchDecider:
 
     def _signals(self, batch: list[Submission]) -> np.ndarray:
         """`Step.entropy` of each submission: the engine's exact entropy, or the top-k estimate."""
-        if self._estimate is None:
+        if self.signal.exact:
             return np.fromiter((s.token.entropy for s in batch), np.float64, len(batch))
-        return np.asarray(self._estimate(self._top(batch, self.signal.k)[0], self.vocab_size), np.float64)
+        top = self._top(batch, self.signal.k)[0]  # checked finite and <= 0 token by token (`check`)
+        return np.asarray(topk_entropy_estimate(top, self.vocab_size, validate=False), np.float64)
 
     def check(self, token: EngineToken) -> str | None:
         """What the token lacks that the policy must be shown, or ``None`` when it is complete."""
@@ -188,12 +189,3 @@ class BatchDecider:
             token=token,
             vocab_size=self.vocab_size,
         )
-
-
-def _estimator() -> Any:
-    """`ead_sdk.signals.topk_entropy_estimate`, or a clear refusal where this installation lacks it."""
-    try:
-        from ead_sdk.signals import topk_entropy_estimate
-    except ImportError as exc:
-        raise SignalUnavailableError("this ead_sdk has no top-k entropy estimator (ead_sdk.signals)") from exc
-    return topk_entropy_estimate

@@ -220,7 +220,7 @@ class LaneRun:
         if plan.retry_of is not None and received == 1:  # the recomputed position: emitted undecided
             self.ledger.compute(m, t)
             self._emit(tok, m, received, request)
-            back = rule.next_model(m, plan.retry_of)
+            back = int(rule.next_model(m, plan.retry_of))
             if self.finish is None and back != m:
                 return self._switch(m, back, "return")
             plan.retry_of = None

@@ -29,7 +29,7 @@ from ead_sdk.handoff.lane import LaneOptions, LaneRun, LaneStream
 from ead_sdk.handoff.results import HandoffLaneResult, HandoffResult
 from ead_sdk.interface import Policy
 from ead_sdk.serving import ServingEngine
-from ead_sdk.signal_spec import SignalSpec
+from ead_sdk.signal_spec import SignalSpec, signal_of
 
 _ROUTERS = itertools.count()
 
@@ -73,7 +73,7 @@ class HandoffRouter:
         self.engines = _engines(engines)
         self.policy = _policy(policy)
         self.policy.check_models(len(self.engines))
-        self.signal = SignalSpec.from_json(getattr(self.policy, "signal", None))
+        self.signal = signal_of(self.policy)
         self.top_k = _top_k(self.engines, self.signal, logprobs)
         self.cost_model = _cost_model(self.engines, cost_model)
         if isinstance(max_lanes, bool) or not isinstance(max_lanes, int) or max_lanes < 1:
@@ -124,7 +124,13 @@ class HandoffRouter:
         return lane
 
     def _bind_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise DecodeStreamError(
+                "open_lane starts a lane at once and needs a running event loop: call it from async code "
+                "(or use generate_sync from synchronous code)"
+            ) from None
         if self._loop is not loop:
             if self._open:
                 raise DecodeStreamError("this HandoffRouter has lanes open in another event loop")
