@@ -151,6 +151,10 @@ class ModelSourceError(BackendError):
     """A model's source cannot be read: the package that carries its weights is not installed, or is damaged."""
 
 
+class EngineStartError(BackendError, RuntimeError):
+    """A serving engine's process (``vllm serve``...) exited or did not get ready; the message has its log's tail."""
+
+
 class PolicyError(EadError):
     """A policy's ``decide`` failed, or returned routes or state that break the contract."""
 
@@ -180,3 +184,38 @@ class UpstreamError(BackendError, RuntimeError):
         super().__init__(message)
         self.engine = engine
         self.lane = lane
+
+
+class EngineRequestError(UpstreamError, ValueError):
+    """A serving engine refused a request before running it (bad token ids, no room in its context...)."""
+
+
+# -- ead serve --------------------------------------------------------------------------------
+class ServeError(EadError):
+    """``ead serve`` cannot start as asked (an upstream that does not answer as the spec needs, a bad option)."""
+
+
+class ServeRequestError(ServeError, ValueError):
+    """A request to ``ead serve`` that it cannot serve; answered with an OpenAI-style error body.
+
+    Attributes:
+        status: the HTTP status of the answer (400, 404, 429, 503...).
+        param: the request field at fault, when one is.
+        code: a short machine-readable code (``"model_not_found"``...), when one applies.
+        kind: the OpenAI error ``type`` (``"invalid_request_error"``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+        self.kind = kind

@@ -72,6 +72,7 @@ def vllm_url(smollm2_large: Path, tmp_path_factory: pytest.TempPathFactory):
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_large)]
     command += ["--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]
     command += ["--max-model-len", "512", "--max-logprobs", str(K), "--enable-prefix-caching", "--max-num-seqs", "8"]
+    command += ["--enforce-eager"]  # no torch.compile warm-up: minutes on a busy 2-core machine
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -517,7 +517,11 @@ class FakeOpenAI:
 
 def _top_ids(logprobs: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` most likely ids, most likely first (ties by id, as a stable sort gives)."""
-    return np.argsort(-logprobs, kind="stable")[:k]
+    if k >= logprobs.size:
+        return np.argsort(-logprobs, kind="stable")
+    cut = np.partition(-logprobs, k - 1)[k - 1]  # -(the k-th largest log-probability)
+    ids = np.flatnonzero(-logprobs <= cut)
+    return ids[np.argsort(-logprobs[ids], kind="stable")][:k]
 
 
 def _draw(logprobs: np.ndarray, body: Mapping[str, Any], rng: np.random.Generator) -> int:
