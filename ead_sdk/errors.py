@@ -188,3 +188,34 @@ class UpstreamError(BackendError, RuntimeError):
 
 class EngineRequestError(UpstreamError, ValueError):
     """A serving engine refused a request before running it (bad token ids, no room in its context...)."""
+
+
+# -- ead serve --------------------------------------------------------------------------------
+class ServeError(EadError):
+    """``ead serve`` cannot start as asked (an upstream that does not answer as the spec needs, a bad option)."""
+
+
+class ServeRequestError(ServeError, ValueError):
+    """A request to ``ead serve`` that it cannot serve; answered with an OpenAI-style error body.
+
+    Attributes:
+        status: the HTTP status of the answer (400, 404, 429, 503...).
+        param: the request field at fault, when one is.
+        code: a short machine-readable code (``"model_not_found"``...), when one applies.
+        kind: the OpenAI error ``type`` (``"invalid_request_error"``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+        self.code = code
+        self.kind = kind

@@ -111,15 +111,15 @@ def test_row_signals_matches_the_sdk_entropy_on_hard_rows():
         row_signals(np.array([0.0, np.inf], dtype=np.float32), 0)
 
 
-def test_entropy_is_close_to_transformers_on_the_dequantized_weights(engine, gguf, prompt):
+def test_entropy_is_close_to_transformers_on_the_dequantized_weights(engine, smollm2_large, prompt):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     tokens = collect(engine, EngineRequest(prompt, N))
     ids = list(prompt) + [t.token for t in tokens]
     torch.set_num_threads(1)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    # the session's float32 transformers folder, written from this GGUF (ead_sdk.backends.smollm2)
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    model = load(smollm2_large, dtype=torch.float32, local_files_only=True).eval()
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, len(prompt) - 1 : len(prompt) - 1 + N]
     hf = entropy(logits.double().numpy())

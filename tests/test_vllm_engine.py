@@ -150,11 +150,10 @@ def test_a_cancelled_stream_stops_the_request(engine, prompts):
             await stream.__anext__()
         return got
 
+    before = channel.late_records
     assert len(asyncio.run(main())) == 3
-    time.sleep(0.5)
-    settled = channel.late_records
-    time.sleep(1.5)  # had the request kept running, ~20+ tokens' entropies would arrive meanwhile
-    assert channel.late_records == settled
+    time.sleep(3.0)  # had the request kept running, a record per decode step would keep arriving
+    assert channel.late_records - before <= 2  # at most the steps already in flight when it was aborted
     assert engine._llm.output_processor.get_num_unfinished_requests() == 0
 
 
