@@ -199,6 +199,10 @@ class LlamaCppEngine(ServingEngine):
         lookahead: forwards a request may run ahead of its reader. At 1 (the default) the next
             token is computed while the reader handles the last one; a stream closed at a token
             has then spent at most one forward past it. At 0 nothing runs before it is asked for.
+
+    Attributes:
+        prompt_tokens_evaluated: prompt tokens llama.cpp has read over all requests.
+        prompt_tokens_reused: prompt tokens served from a context's cache instead.
     """
 
     def __init__(

