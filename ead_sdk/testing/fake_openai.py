@@ -401,7 +401,9 @@ class FakeOpenAI:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             record.outcome = await self._events(record, gone, send)
-        except OSError:  # uvicorn refuses a send once the client has gone
+        except OSError as exc:  # uvicorn refuses a send once the client has gone
+            if str(exc) == _INJECTED:
+                raise  # the disconnect fault: uvicorn drops the connection mid-body
             record.outcome = "disconnected"
         finally:
             watcher.cancel()
