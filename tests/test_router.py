@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import ead_sdk
@@ -127,10 +127,11 @@ def test_trace_features_by_hand():
 # -- training ----------------------------------------------------------------------------------
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 1000), cut=st.floats(0.3, 0.9))
+@example(seed=274, cut=0.5898)  # a boundary 0.017 off the cut with 4% of held-out positions between
 def test_training_recovers_a_label_that_is_a_function_of_one_feature(seed, cut):
     """Property: where the models differ exactly when the small model's entropy exceeds ``cut``, a
     logistic router on the entropy learns that rule: its boundary lands at ``cut`` and it labels
-    held-out positions right."""
+    every held-out position outside the sliver between its boundary and ``cut`` right."""
     base = synthetic_traces(60, (20, 40), k=3, seed=seed)
     traces = _with_large_top1(base, [s.entropy[:, 0] > cut for s in base.sequences()])
     net, report = train_router(traces, features=FeatureSpec(("entropy",), k=2), seed=seed)
@@ -141,7 +142,11 @@ def test_training_recovers_a_label_that_is_a_function_of_one_feature(seed, cut):
     import array_api_compat.numpy as xp
 
     guess = np.asarray(net.logit(x[held], xp)) > 0
-    assert np.mean(guess == y[held]) > 0.98
+    # L2 keeps the logistic's slope finite, so its boundary sits near, not at, the cut (it found
+    # 0.607 for a cut of 0.590): positions between the two may go either way, every other one is right.
+    boundary = -b[0] / w[0, 0]
+    between = np.abs(x[held, 0] - cut) <= abs(boundary - cut)
+    assert np.array_equal(guess[~between], y[held][~between].astype(bool))
     assert report.held_out["auc"] > 0.99
 
 
