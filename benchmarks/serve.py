@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 import httpx
 import openai
 
+from ead_sdk.testing.vllm_server import free_port
+
 VOCAB = 64
 UPSTREAM = """
 import sys, time
@@ -46,12 +47,6 @@ print(server.base_url, flush=True)
 while True:
     time.sleep(3600)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -81,7 +76,7 @@ def start_serve(spec: dict, small: str, large: str, tokenizer: Path, folder: Pat
     """``ead serve`` in its own process in front of ``small`` and ``large``; returns it and its URL."""
     path = folder / f"spec-{spec['policy']}.json"
     path.write_text(json.dumps(spec))
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "ead_sdk.cli", "serve", "--spec", str(path), "--small", small, "--large", large]
     cmd += ["--tokenizer", str(tokenizer), "--num-params", "135", "--num-params", "1700", "--port", str(port)]
     cmd += ["--log-level", "warning", "--max-lanes", "64"]

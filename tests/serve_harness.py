@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -126,3 +127,13 @@ if __name__ == "__main__":  # a toy server in its own process, for the signal te
     import sys
 
     asyncio.run(_serve_toys(float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]))
+
+
+def sse_events(text: str) -> list:
+    """The ``data:`` payloads of a server-sent-event body: parsed JSON, and the final ``"[DONE]"``."""
+    out = []
+    for frame in text.split("\n\n"):
+        if frame.startswith("data: "):
+            data = frame[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out

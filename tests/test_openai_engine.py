@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from ead_sdk.backends.openai_engine import OpenAIEngine  # noqa: E402
 from ead_sdk.errors import ArgumentError, UpstreamError  # noqa: E402
 from ead_sdk.serving import EngineRequest, EngineSignals  # noqa: E402
 from ead_sdk.testing.fake_openai import FakeOpenAI, Fault, ToyLM  # noqa: E402
+from ead_sdk.testing.vllm_server import free_port  # noqa: E402
 
 VOCAB = 64
 PROMPT = (1, 2, 3)
@@ -52,12 +52,6 @@ def expected_top(context, k):
     logprobs = LM.logprobs(context)
     ids = np.argsort(-logprobs, kind="stable")[:k]
     return tuple(int(i) for i in ids), tuple(float(logprobs[i]) for i in ids)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- tokens, ids and top-k ------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,17 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from ead_sdk.testing.vllm_server import free_port
+
 pytest.importorskip("ray.data", reason="the 'ray' extra is not installed (pip install 'ead-sdk[ray]')")
 
 EAD = [sys.executable, "-m", "ead_sdk.cli"]
 GRID = ["--policy", "rolling_entropy", "--grid", "window=1,2", "--grid", "threshold=1,2.5", "--json"]
 START_S = 90  # the head must answer within this; a loaded 2-core machine needs ~20 s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _client_env(home: Path, **extra: str) -> dict[str, str]:
@@ -50,7 +45,7 @@ def head(tmp_path_factory):
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(token)
     temp_dir = tempfile.mkdtemp(prefix="ead-ray-")  # short: Ray's socket paths must fit 107 bytes
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}"]
     cmd += ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--num-cpus=1", "--include-dashboard=false"]
     log = open(home / "ray-start.log", "w")  # noqa: SIM115 - closed at teardown

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from serve_harness import ChatToyTokenizer, running_server  # noqa: E402
+from serve_harness import ChatToyTokenizer, running_server, sse_events  # noqa: E402
 
 from ead_sdk.errors import ServeError, SignalUnavailableError  # noqa: E402
 from ead_sdk.serve.state import ServeConfig, ServeState  # noqa: E402
@@ -41,15 +40,6 @@ TOK = ChatToyTokenizer(ladder()[0].tokenizer)
 
 def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-
-
-def sse_events(text: str) -> list:
-    out = []
-    for frame in text.split("\n\n"):
-        if frame.startswith("data: "):
-            data = frame[len("data: ") :]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def test_the_openai_client_works_unchanged_whole_and_streamed():

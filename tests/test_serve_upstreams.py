@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +19,13 @@ pytest.importorskip("httpx_sse")
 openai = pytest.importorskip("openai")
 pytest.importorskip("transformers")
 
-from serve_harness import running_server  # noqa: E402
+from serve_harness import running_server, sse_events  # noqa: E402
 
 from ead_sdk.backends.openai_engine import OpenAIEngine  # noqa: E402
 from ead_sdk.serve.state import ServeConfig  # noqa: E402
 from ead_sdk.specs import load_policy  # noqa: E402
 from ead_sdk.testing.fake_openai import FakeOpenAI, Fault, ToyLM  # noqa: E402
+from ead_sdk.testing.vllm_server import free_port  # noqa: E402
 
 VOCAB = 64
 TOPK_SPEC = {
@@ -83,7 +83,7 @@ def test_an_upstream_fault_ends_only_its_request_with_a_clear_error(tokenizer, f
         with running_server(lambda: engines, policy, tokenizer, config) as srv:
             answers = asyncio.run(_three(srv.url))
             metrics = httpx.get(f"{srv.url}/metrics").text
-    ok1, broken, ok2 = (_events(a.text) for a in answers)
+    ok1, broken, ok2 = (sse_events(a.text) for a in answers)
     for ok in (ok1, ok2):
         assert ok[-1] == "[DONE]" and ok[-2]["choices"][0]["finish_reason"] == "length"
         assert len(ok[-2]["ead"]["token_ids"]) == 20
@@ -98,21 +98,6 @@ async def _three(url: str) -> list[httpx.Response]:
         good = {"prompt": [1, 2, 3], "max_tokens": 20, "temperature": 0, "stream": True}
         bodies = [good, {**good, "prompt": [7, 2, 3]}, {**good, "prompt": [4, 5]}]
         return await asyncio.gather(*[c.post(f"{url}/v1/completions", json=b) for b in bodies])
-
-
-def _events(text: str) -> list:
-    out = []
-    for frame in text.split("\n\n"):
-        if frame.startswith("data: "):
-            data = frame[len("data: ") :]
-            out.append(data if data == "[DONE]" else json.loads(data))
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ead(*args: str, **kw) -> subprocess.Popen:
@@ -142,7 +127,7 @@ def test_ead_serve_refuses_to_start_when_the_spec_needs_a_signal_the_upstreams_l
             "--num-params",
             "1000",
             "--port",
-            str(_free_port()),
+            str(free_port()),
         )
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, out
@@ -154,7 +139,7 @@ def test_ead_serve_end_to_end_with_the_openai_client_then_sigterm(tmp_path, toke
     spec.write_text(json.dumps(TOPK_SPEC))
     tok = tmp_path / "tok"
     tokenizer.save_pretrained(tok)
-    port = _free_port()
+    port = free_port()
     with FakeOpenAI(ToyLM(VOCAB, seed=1)) as small, FakeOpenAI(ToyLM(VOCAB, seed=2)) as large:
         proc = _ead(
             "serve",
